@@ -1,0 +1,169 @@
+"""The ``pyro-vae`` command: ``train`` a model, ``evaluate`` a run's best checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from datetime import datetime
+from pathlib import Path
+
+from . import config as cfg
+from .checkpoint import CheckpointError
+from .formats import DataFileError
+
+DEFAULTS = cfg.RunConfig()
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return value
+
+
+# Settings that define a run: fixed once it started, so --resume refuses them.
+TRAIN_SETTINGS = ("dataset", "data_dir", "binarize", "valid_size", "download", "model", "arch", "hidden_dim",
+                  "z_dim", "likelihood", "gaussian_scale", "objective", "num_particles", "batch_size",
+                  "eval_batch_size", "lr", "seed", "device")
+
+
+def _add_train_parser(subparsers) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser("train", help="train a model by SVI and write a run directory",
+                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    data, model, train = DEFAULTS.data, DEFAULTS.model, DEFAULTS.train
+    group = parser.add_argument_group("data")
+    group.add_argument("--dataset", choices=("auto",) + cfg.DATASETS, default=data.dataset,
+                       help="auto: mnist if on disk or downloadable, else the bundled mnist-sample")
+    group.add_argument("--data-dir", default=data.data_dir,
+                       help="torchvision root (DIR/MNIST/raw/...) or folder with the dataset's files")
+    group.add_argument("--binarize", choices=("auto",) + cfg.BINARIZATIONS, default=data.binarize,
+                       help="auto: dynamic for grey data under the Bernoulli likelihood, else none")
+    group.add_argument("--valid-size", type=_positive_int, default=data.valid_size,
+                       help="validation images carved from train (default: one sixth of train)")
+    group.add_argument("--no-download", dest="download", action="store_false", help="never try to download data")
+    group = parser.add_argument_group("model")
+    group.add_argument("--model", choices=cfg.MODELS, default=model.model)
+    group.add_argument("--arch", choices=cfg.ARCHITECTURES, default=model.arch)
+    group.add_argument("--hidden-dim", type=_positive_int, default=model.hidden_dim)
+    group.add_argument("--z-dim", type=_positive_int, default=model.z_dim)
+    group.add_argument("--likelihood", choices=cfg.LIKELIHOODS, default=model.likelihood)
+    group.add_argument("--gaussian-scale", type=_positive_float, default=model.gaussian_scale,
+                       help="fixed pixel std of the Gaussian likelihood (default: learned)")
+    group = parser.add_argument_group("training")
+    group.add_argument("--objective", choices=cfg.OBJECTIVES, default=train.objective,
+                       help="elbo: Trace_ELBO; meanfield: TraceMeanField_ELBO (analytic KL)")
+    group.add_argument("--num-particles", type=_positive_int, default=train.num_particles)
+    group.add_argument("--epochs", type=_positive_int, default=None,
+                       help=f"training epochs (default {train.epochs}; with --resume, the new total)")
+    group.add_argument("--batch-size", type=_positive_int, default=train.batch_size)
+    group.add_argument("--eval-batch-size", type=_positive_int, default=train.eval_batch_size)
+    group.add_argument("--lr", type=_positive_float, default=train.lr)
+    group.add_argument("--seed", type=int, default=train.seed)
+    group.add_argument("--device", choices=cfg.DEVICES, default=train.device)
+    group = parser.add_argument_group("run directory")
+    group.add_argument("--out", type=Path, default=None, help="run directory (default: runs/<timestamp>)")
+    group.add_argument("--resume", action="store_true",
+                       help="continue the run in --out from checkpoints/last.pt (its own settings; --epochs may extend it)")
+    group.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+    group.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return parser
+
+
+def _add_evaluate_parser(subparsers) -> None:
+    parser = subparsers.add_parser("evaluate", help="ELBO and its terms of a run's best checkpoint")
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("--split", choices=("test", "valid"), default="test")
+    parser.add_argument("--num-particles", type=_positive_int, default=1)
+    parser.add_argument("--batch-size", type=_positive_int, default=None)
+    parser.add_argument("--device", choices=cfg.DEVICES, default="auto")
+    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pyro-vae", description=__doc__)
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    parser.train_parser = _add_train_parser(subparsers)
+    _add_evaluate_parser(subparsers)
+    return parser
+
+
+def _run_train(args: argparse.Namespace, train_parser: argparse.ArgumentParser) -> None:
+    from .runs import CONFIG_FILE
+    from .train import fit
+
+    if args.resume and args.overwrite:
+        train_parser.error("--resume and --overwrite contradict each other; choose one")
+    if args.resume:
+        if args.out is None:
+            train_parser.error("--resume needs --out RUN_DIR, the run to continue")
+        changed = [f"--{dest.replace('_', '-')}" for dest in TRAIN_SETTINGS
+                   if getattr(args, dest) != train_parser.get_default(dest)]
+        if changed:
+            train_parser.error(f"--resume continues the run with the settings in its config.json; "
+                         f"drop {', '.join(changed)} or start a new run with another --out")
+        config = cfg.RunConfig.load(args.out / CONFIG_FILE)
+        if args.epochs is not None:
+            config.train.epochs = args.epochs
+    else:
+        config = cfg.RunConfig(
+            data=cfg.DataConfig(dataset=args.dataset, data_dir=args.data_dir, binarize=args.binarize,
+                                valid_size=args.valid_size, download=args.download),
+            model=cfg.ModelConfig(model=args.model, arch=args.arch, hidden_dim=args.hidden_dim, z_dim=args.z_dim,
+                                  likelihood=args.likelihood, gaussian_scale=args.gaussian_scale),
+            train=cfg.TrainConfig(objective=args.objective, num_particles=args.num_particles,
+                                  epochs=args.epochs or DEFAULTS.train.epochs, batch_size=args.batch_size,
+                                  eval_batch_size=args.eval_batch_size, lr=args.lr, seed=args.seed,
+                                  device=args.device),
+        )
+    run_dir = args.out or Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
+    print(f"run directory: {run_dir}")
+    fit(config, run_dir, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
+
+
+def _run_evaluate(args: argparse.Namespace) -> None:
+    from .runs import evaluate_run
+
+    results = evaluate_run(args.run_dir, split=args.split, num_particles=args.num_particles,
+                           batch_size=args.batch_size, device=args.device)
+    text = json.dumps(results, indent=2)
+    print(text)
+    if args.json is not None:
+        args.json.write_text(text + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
+    try:
+        if args.command == "train":
+            _run_train(args, parser.train_parser)
+        else:
+            _run_evaluate(args)
+    except (cfg.ConfigError, DataFileError, CheckpointError) as error:
+        print(f"pyro-vae {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; the last finished epoch is in checkpoints/last.pt (continue with --resume)",
+              file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

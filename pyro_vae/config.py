@@ -1,0 +1,144 @@
+"""Run settings as dataclasses: what the CLI resolves, what ``config.json`` stores, what is validated."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DATASETS = ("mnist", "fashion-mnist", "binarized-mnist", "mnist-sample")
+BINARIZATIONS = ("dynamic", "static", "threshold", "none")
+LIKELIHOODS = ("bernoulli", "gaussian", "continuous-bernoulli")
+ARCHITECTURES = ("mlp", "conv")
+MODELS = ("vae",)
+OBJECTIVES = ("elbo", "meanfield")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+class ConfigError(ValueError):
+    """A setting is invalid; the message names the setting and the fix."""
+
+
+@dataclass
+class DataConfig:
+    """Which images to train on and how to present them to the likelihood.
+
+    ``dataset="auto"`` means MNIST when it is on disk or downloadable, else the bundled
+    ``mnist-sample``; ``binarize="auto"`` means ``dynamic`` for grey-scale data under the Bernoulli
+    likelihood and ``none`` otherwise. Both are replaced by what was actually used.
+    """
+
+    dataset: str = "auto"
+    data_dir: str = "data"
+    binarize: str = "auto"
+    valid_size: int | None = None
+    download: bool = True
+
+
+@dataclass
+class ModelConfig:
+    """Architecture of the model/guide pair; enough to rebuild the networks from a checkpoint."""
+
+    model: str = "vae"
+    arch: str = "mlp"
+    hidden_dim: int = 400
+    z_dim: int = 50
+    likelihood: str = "bernoulli"
+    gaussian_scale: float | None = None  # None: one learned scale shared by all pixels
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings of the SVI loop."""
+
+    objective: str = "elbo"
+    num_particles: int = 1
+    epochs: int = 100
+    batch_size: int = 128
+    eval_batch_size: int = 1000
+    lr: float = 1e-3
+    seed: int = 0
+    device: str = "auto"
+
+
+@dataclass
+class RunConfig:
+    """Everything needed to rebuild and continue a run; saved as the run's ``config.json``."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "RunConfig":
+        sections = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
+        unknown = set(values) - set(sections)
+        if unknown:
+            raise ConfigError(f"unknown config sections {sorted(unknown)}; expected {sorted(sections)}")
+        parts = {}
+        for name, section in sections.items():
+            given = values.get(name, {})
+            names = {f.name for f in dataclasses.fields(section)}
+            extra = set(given) - names
+            if extra:
+                raise ConfigError(f"unknown settings {sorted(extra)} in config section '{name}'")
+            parts[name] = section(**given)
+        return cls(**parts)
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: Path) -> "RunConfig":
+        try:
+            values = json.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"{path} does not exist: is this a run directory written by 'pyro-vae train'?") from None
+        except json.JSONDecodeError as error:
+            raise ConfigError(f"{path} is not valid JSON ({error}); restore it or start a new run") from None
+        return cls.from_dict(values)
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` naming the first bad setting and what would be accepted."""
+        _choice("--dataset", self.data.dataset, DATASETS + ("auto",))
+        _choice("--binarize", self.data.binarize, BINARIZATIONS + ("auto",))
+        _choice("--model", self.model.model, MODELS)
+        _choice("--arch", self.model.arch, ARCHITECTURES)
+        _choice("--likelihood", self.model.likelihood, LIKELIHOODS)
+        _choice("--objective", self.train.objective, OBJECTIVES)
+        _choice("--device", self.train.device, DEVICES)
+        _at_least("--hidden-dim", self.model.hidden_dim, 1)
+        _at_least("--z-dim", self.model.z_dim, 1)
+        _at_least("--epochs", self.train.epochs, 1)
+        _at_least("--batch-size", self.train.batch_size, 1)
+        _at_least("--eval-batch-size", self.train.eval_batch_size, 1)
+        _at_least("--num-particles", self.train.num_particles, 1)
+        if self.data.valid_size is not None:
+            _at_least("--valid-size", self.data.valid_size, 1)
+        if not self.train.lr > 0:
+            raise ConfigError(f"--lr must be positive, got {self.train.lr}")
+        if self.model.gaussian_scale is not None:
+            if self.model.likelihood != "gaussian":
+                raise ConfigError("--gaussian-scale applies only to --likelihood gaussian")
+            if not self.model.gaussian_scale > 0:
+                raise ConfigError(f"--gaussian-scale must be positive, got {self.model.gaussian_scale}")
+        if self.model.likelihood != "bernoulli" and self.data.binarize not in ("auto", "none"):
+            raise ConfigError(
+                f"--likelihood {self.model.likelihood} models grey-scale pixels, so --binarize "
+                f"{self.data.binarize} would throw information away; use --binarize none or --likelihood bernoulli"
+            )
+
+
+def _choice(flag: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{flag} {value!r} is not one of: {', '.join(choices)}")
+
+
+def _at_least(flag: str, value: int, minimum: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ConfigError(f"{flag} must be an integer >= {minimum}, got {value!r}")

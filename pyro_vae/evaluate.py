@@ -1,0 +1,153 @@
+"""The ELBO and its terms on held-out data, every density read from traces of the model and guide."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import pyro
+import torch
+from pyro import poutine
+from pyro.distributions.kl import kl_divergence
+from pyro.poutine.util import prune_subsample_sites
+from torch import nn
+from tqdm.auto import tqdm
+
+from .batches import evaluation_batches
+
+
+def trace_particles(model_obj: nn.Module, x: torch.Tensor, y: torch.Tensor | None, num_particles: int):
+    """Guide and replayed model traces for ``num_particles`` draws, vectorized by a plate (dim -2).
+
+    Plates' own subsample sites are pruned; every sample site's ``log_prob`` has shape
+    (num_particles, batch).
+    """
+    with pyro.plate("particles", num_particles, dim=-2):
+        guide_trace = poutine.trace(model_obj.guide).get_trace(x, y)
+        model_trace = poutine.trace(poutine.replay(model_obj.model, trace=guide_trace)).get_trace(x, y)
+    guide_trace, model_trace = prune_subsample_sites(guide_trace), prune_subsample_sites(model_trace)
+    guide_trace.compute_log_prob()
+    model_trace.compute_log_prob()
+    return model_trace, guide_trace
+
+
+def _sample_sites(trace) -> Iterable[tuple[str, dict]]:
+    return ((name, site) for name, site in trace.nodes.items() if site["type"] == "sample")
+
+
+@torch.no_grad()
+def elbo_terms(
+    model_obj: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None, num_particles: int = 1
+) -> dict[str, torch.Tensor]:
+    """Per-datapoint ELBO and its terms, in nats, from ``num_particles`` samples of the guide.
+
+    Returns a dict of tensors of shape (batch,):
+        ``reconstruction``: E_q[log p(x|z)], summed over observed sites (Monte Carlo);
+        ``kl``: KL(q(z|x) || p(z)), analytic where the guide and prior allow, else Monte Carlo;
+        ``kl_monte_carlo``: E_q[log q(z|x) - log p(z)];
+        ``elbo``: ``reconstruction - kl``.
+    """
+    model_trace, guide_trace = trace_particles(model_obj, x, y, num_particles)
+    reconstruction = sum(
+        site["unscaled_log_prob"] for _, site in _sample_sites(model_trace) if site["is_observed"]
+    ).mean(0)
+    kl_monte_carlo = torch.zeros_like(reconstruction)
+    kl = torch.zeros_like(reconstruction)
+    for name, guide_site in _sample_sites(guide_trace):
+        model_site = model_trace.nodes[name]
+        site_kl = (guide_site["unscaled_log_prob"] - model_site["unscaled_log_prob"]).mean(0)
+        kl_monte_carlo = kl_monte_carlo + site_kl
+        try:
+            kl = kl + kl_divergence(guide_site["fn"], model_site["fn"]).mean(0)
+        except NotImplementedError:
+            kl = kl + site_kl
+    return {
+        "elbo": reconstruction - kl,
+        "reconstruction": reconstruction,
+        "kl": kl,
+        "kl_monte_carlo": kl_monte_carlo,
+    }
+
+
+def dataset_elbo_terms(
+    model_obj: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor | None = None,
+    *,
+    batch_size: int = 1000,
+    num_particles: int = 1,
+    progress: bool = False,
+) -> dict[str, torch.Tensor]:
+    """:func:`elbo_terms` for every image of a split, concatenated in dataset order."""
+    parts: dict[str, list[torch.Tensor]] = {}
+    batches = evaluation_batches(images, labels, batch_size)
+    total = -(-len(images) // batch_size)
+    for x, y in tqdm(batches, total=total, desc="ELBO", leave=False, disable=not progress or None):
+        for key, value in elbo_terms(model_obj, x, y, num_particles).items():
+            parts.setdefault(key, []).append(value)
+    return {key: torch.cat(values) for key, values in parts.items()}
+
+
+def mean_and_standard_error(values: torch.Tensor) -> tuple[float, float]:
+    """Mean and its standard error over datapoints."""
+    values = values.double()
+    if values.numel() < 2:
+        return values.mean().item(), float("nan")
+    return values.mean().item(), (values.std() / values.numel() ** 0.5).item()
+
+
+@torch.no_grad()
+def log_importance_weights(
+    model_obj: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor | None = None,
+    num_samples: int = 5000,
+    chunk_size: int = 500,
+) -> torch.Tensor:
+    """log p(x, z_k) - log q(z_k|x) for K = ``num_samples`` draws z_k ~ q(z|x), shape (K, batch).
+
+    Particles are vectorized by a plate and drawn ``chunk_size`` at a time, so memory grows
+    with ``chunk_size * batch``, not with K.
+    """
+    chunks = []
+    for start in range(0, num_samples, chunk_size):
+        model_trace, guide_trace = trace_particles(model_obj, x, y, min(chunk_size, num_samples - start))
+        log_joint = sum(site["unscaled_log_prob"] for _, site in _sample_sites(model_trace))
+        log_guide = sum(site["unscaled_log_prob"] for _, site in _sample_sites(guide_trace))
+        chunks.append((log_joint - log_guide).expand(-1, x.shape[0]))
+    return torch.cat(chunks)
+
+
+def log_likelihood_from_weights(log_weights: torch.Tensor) -> torch.Tensor:
+    """The importance-sampled log p(x) = logsumexp_k(log w_k) - log K per datapoint."""
+    return torch.logsumexp(log_weights.double(), 0) - math.log(log_weights.shape[0])
+
+
+def iwae_bounds(log_weights: torch.Tensor, ks: Iterable[int]) -> dict[int, torch.Tensor]:
+    """Per-datapoint IWAE bounds L_k (Burda et al., 2016) for each k dividing K, from the same samples.
+
+    The K weights are cut into K/k disjoint groups; L_k is the mean over groups of the group's
+    log-mean-weight, an unbiased estimate of the bound. L_1 is the ELBO, L_K the IS estimate.
+    """
+    num_samples = log_weights.shape[0]
+    bounds = {}
+    for k in ks:
+        if num_samples % k:
+            raise ValueError(f"k={k} does not divide the {num_samples} samples; use divisors of K")
+        groups = log_weights.double().reshape(num_samples // k, k, -1)
+        bounds[k] = (torch.logsumexp(groups, 1) - math.log(k)).mean(0)
+    return bounds
+
+
+def log_likelihood(
+    model_obj: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor | None = None,
+    num_samples: int = 5000,
+    chunk_size: int = 500,
+) -> torch.Tensor:
+    """Per-datapoint importance-sampled log p(x) with q(z|x) as proposal, K = ``num_samples``.
+
+    Its expectation is the IWAE bound L_K <= log p(x), which tightens as K grows.
+    """
+    return log_likelihood_from_weights(log_importance_weights(model_obj, x, y, num_samples, chunk_size))

@@ -1,0 +1,22 @@
+"""Model/guide pairs, one file per model family, built from a :class:`~pyro_vae.config.ModelConfig`."""
+
+from __future__ import annotations
+
+from ..config import ModelConfig
+from .vae import VAE
+
+__all__ = ["VAE", "build_model"]
+
+
+def build_model(config: ModelConfig, x_dim: int = 784) -> VAE:
+    """The model named by ``config.model`` with its architecture and likelihood."""
+    if config.model == "vae":
+        return VAE(
+            x_dim=x_dim,
+            z_dim=config.z_dim,
+            hidden_dim=config.hidden_dim,
+            arch=config.arch,
+            likelihood=config.likelihood,
+            gaussian_scale=config.gaussian_scale,
+        )
+    raise ValueError(f"unknown model {config.model!r}; use vae")

@@ -1,0 +1,89 @@
+"""Plain torch networks for encoders and decoders (no Pyro here).
+
+The MLP matches pyro-ppl's examples/vae/vae.py (one softplus hidden layer each way), so
+results compare with it; the conv pair is for 28x28 images.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+MIN_SCALE = 1e-5
+
+
+class MLPEncoder(nn.Module):
+    """x -> (loc, scale) of a diagonal Gaussian q(z|x), through one softplus hidden layer."""
+
+    def __init__(self, x_dim: int, hidden_dim: int, z_dim: int) -> None:
+        super().__init__()
+        self.hidden = nn.Linear(x_dim, hidden_dim)
+        self.loc = nn.Linear(hidden_dim, z_dim)
+        self.scale = nn.Linear(hidden_dim, z_dim)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden = F.softplus(self.hidden(x))
+        return self.loc(hidden), F.softplus(self.scale(hidden)) + MIN_SCALE
+
+
+class MLPDecoder(nn.Module):
+    """z -> pixel logits, through one softplus hidden layer."""
+
+    def __init__(self, z_dim: int, hidden_dim: int, x_dim: int) -> None:
+        super().__init__()
+        self.hidden = nn.Linear(z_dim, hidden_dim)
+        self.logits = nn.Linear(hidden_dim, x_dim)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.logits(F.softplus(self.hidden(z)))
+
+
+class ConvEncoder(nn.Module):
+    """28x28 image -> (loc, scale): two stride-2 convolutions (28 -> 14 -> 7), then an MLP head."""
+
+    def __init__(self, hidden_dim: int, z_dim: int) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(1, 32, 4, stride=2, padding=1),
+            nn.Softplus(),
+            nn.Conv2d(32, 64, 4, stride=2, padding=1),
+            nn.Softplus(),
+            nn.Flatten(),
+        )
+        self.head = MLPEncoder(64 * 7 * 7, hidden_dim, z_dim)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        images = x.reshape(-1, 1, 28, 28)
+        loc, scale = self.head(self.features(images))
+        return loc.reshape(*x.shape[:-1], -1), scale.reshape(*x.shape[:-1], -1)
+
+
+class ConvDecoder(nn.Module):
+    """z -> 28x28 pixel logits (flat): an MLP to 64x7x7, then two stride-2 transposed convolutions."""
+
+    def __init__(self, z_dim: int, hidden_dim: int) -> None:
+        super().__init__()
+        self.project = nn.Sequential(
+            nn.Linear(z_dim, hidden_dim), nn.Softplus(), nn.Linear(hidden_dim, 64 * 7 * 7), nn.Softplus()
+        )
+        self.upsample = nn.Sequential(
+            nn.ConvTranspose2d(64, 32, 4, stride=2, padding=1),
+            nn.Softplus(),
+            nn.ConvTranspose2d(32, 1, 4, stride=2, padding=1),
+        )
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        features = self.project(z.reshape(-1, z.shape[-1])).reshape(-1, 64, 7, 7)
+        return self.upsample(features).reshape(*z.shape[:-1], 28 * 28)
+
+
+def build_encoder_decoder(arch: str, x_dim: int, hidden_dim: int, z_dim: int) -> tuple[nn.Module, nn.Module]:
+    """The encoder and decoder of architecture ``"mlp"`` or ``"conv"`` (28x28 images only)."""
+    if arch == "mlp":
+        return MLPEncoder(x_dim, hidden_dim, z_dim), MLPDecoder(z_dim, hidden_dim, x_dim)
+    if arch == "conv":
+        if x_dim != 28 * 28:
+            raise ValueError(f"--arch conv is built for 28x28 images, got {x_dim} pixels; use --arch mlp")
+        return ConvEncoder(hidden_dim, z_dim), ConvDecoder(z_dim, hidden_dim)
+    raise ValueError(f"unknown architecture {arch!r}; use mlp or conv")

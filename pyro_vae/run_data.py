@@ -1,0 +1,39 @@
+"""Resolve a run's data settings (``auto`` dataset and binarization) and load its images."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import torch
+
+from .batches import resolve_binarization
+from .config import DataConfig
+from .data import Dataset, DatasetUnavailable, load_dataset
+
+logger = logging.getLogger(__name__)
+
+
+def load_run_data(
+    config: DataConfig, likelihood: str, seed: int, device: torch.device
+) -> tuple[Dataset, DataConfig]:
+    """Load the configured dataset and return it with ``auto`` settings replaced by what was used.
+
+    ``dataset="auto"`` is MNIST when its files are in ``data_dir`` or can be downloaded, else the
+    bundled ``mnist-sample`` (with a notice).
+    """
+    name = config.dataset
+    options = dict(valid_size=config.valid_size, seed=seed, download=config.download, device=device)
+    if name == "auto":
+        try:
+            dataset = load_dataset("mnist", config.data_dir, **options)
+        except DatasetUnavailable as error:
+            logger.warning("MNIST is not available (%s); using the bundled mnist-sample instead", error)
+            dataset = load_dataset("mnist-sample", config.data_dir, **options)
+    else:
+        dataset = load_dataset(name, config.data_dir, **options)
+    binarize = resolve_binarization(config.binarize, likelihood, dataset.is_binary)
+    resolved = dataclasses.replace(
+        config, dataset=dataset.name, binarize=binarize, valid_size=len(dataset.valid_images)
+    )
+    return dataset, resolved

@@ -1,0 +1,81 @@
+"""The ``pyro-vae`` command as a user runs it: in a subprocess, from a clean working directory."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+
+def pyro_vae(*args, cwd):
+    env = {**os.environ, "PYTHONWARNINGS": "error"}
+    return subprocess.run([sys.executable, "-m", "pyro_vae.cli", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_train_one_epoch_on_the_sample_writes_the_run_directory(tmp_path):
+    result = pyro_vae("train", "--dataset", "mnist-sample", "--epochs", "1", "--hidden-dim", "64",
+                      "--z-dim", "8", "--out", "run", "--no-progress", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "epoch   1/1  train -ELBO" in result.stdout and "test -ELBO" in result.stdout
+    run = tmp_path / "run"
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "config.json", "metrics.jsonl", "summary.json"]
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.pt", "last.pt"]
+    assert json.loads((run / "config.json").read_text())["model"]["z_dim"] == 8
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 1
+
+    resumed = pyro_vae("train", "--out", "run", "--resume", "--epochs", "2", "--no-progress", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming after epoch 1" in resumed.stdout and "epoch   2/2" in resumed.stdout
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 2
+
+    evaluated = pyro_vae("evaluate", "run", "--json", "eval.json", cwd=tmp_path)
+    assert evaluated.returncode == 0, evaluated.stderr
+    report = json.loads((tmp_path / "eval.json").read_text())
+    assert report["split"] == "test" and report["n"] == 2000 and report["epoch"] in (1, 2)
+
+
+@pytest.mark.slow
+def test_default_dataset_without_mnist_uses_the_sample_with_a_notice(tmp_path):
+    result = pyro_vae("train", "--epochs", "1", "--hidden-dim", "32", "--z-dim", "4", "--no-download",
+                      "--out", "run", "--no-progress", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "using the bundled mnist-sample instead" in result.stdout
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["data"]["dataset"] == "mnist-sample"
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--epochs", "-1"], "--epochs: must be >= 1, got -1"),
+        (["--batch-size", "0"], "--batch-size: must be >= 1, got 0"),
+        (["--z-dim", "0"], "--z-dim: must be >= 1, got 0"),
+        (["--lr", "abc"], "--lr: expected a number, got 'abc'"),
+        (["--dataset", "cifar"], "--dataset: invalid choice: 'cifar'"),
+        (["--dataset", "mnist", "--no-download"], "mnist not found in"),
+        (["--likelihood", "gaussian", "--binarize", "static"], "use --binarize none"),
+        (["--gaussian-scale", "0.1"], "--gaussian-scale applies only to --likelihood gaussian"),
+        (["--resume"], "--resume needs --out"),
+    ],
+)
+def test_bad_input_is_one_clear_line_and_a_nonzero_exit(tmp_path, args, message):
+    out = [] if "--resume" in args else ["--out", "run"]
+    result = pyro_vae("train", *args, *out, cwd=tmp_path)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_resume_refuses_changed_settings(tmp_path):
+    result = pyro_vae("train", "--out", "run", "--resume", "--lr", "0.1", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "drop --lr or start a new run" in result.stderr
+
+
+def test_evaluate_of_a_missing_run_names_the_directory(tmp_path):
+    result = pyro_vae("evaluate", "nowhere", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "nowhere/config.json does not exist" in result.stderr and "Traceback" not in result.stderr

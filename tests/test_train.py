@@ -1,0 +1,158 @@
+"""Training on the bundled sample: the ELBO improves, checkpoints reload, resume continues exactly."""
+
+import json
+
+import pytest
+import torch
+
+from pyro_vae import DataConfig, ModelConfig, RunConfig, TrainConfig, fit
+from pyro_vae.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from pyro_vae.config import ConfigError
+from pyro_vae.runs import evaluate_run, load_run
+
+
+def small_config(epochs=2, **train):
+    return RunConfig(
+        data=DataConfig(dataset="mnist-sample", valid_size=500, download=False),
+        model=ModelConfig(hidden_dim=64, z_dim=8),
+        train=TrainConfig(epochs=epochs, batch_size=100, device="cpu", **train),
+    )
+
+
+def read_metrics(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("run")
+    result = fit(small_config(epochs=3), run_dir, progress=False)
+    return run_dir, result
+
+
+def test_training_lowers_the_validation_negative_elbo(trained_run):
+    run_dir, result = trained_run
+    metrics = read_metrics(run_dir)
+    assert [m["epoch"] for m in metrics] == [1, 2, 3]
+    assert metrics[-1]["valid"]["elbo"] > metrics[0]["valid"]["elbo"] + 5  # nats per image
+    for record in metrics:
+        for split in ("train", "valid"):
+            terms = record[split]
+            assert terms["elbo"] == pytest.approx(terms["reconstruction"] - terms["kl"])
+            assert terms["kl"] > 0 and terms["reconstruction"] < 0
+        assert record["train"]["loss"] == pytest.approx(-record["train"]["elbo"], rel=1e-5)
+    assert result.best_epoch == max(metrics, key=lambda m: m["valid"]["elbo"])["epoch"]
+    assert result.test["elbo"] < 0
+
+
+def test_run_directory_holds_config_metrics_checkpoints_and_summary(trained_run):
+    run_dir, _ = trained_run
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["data"] == {"dataset": "mnist-sample", "data_dir": "data", "binarize": "dynamic",
+                              "valid_size": 500, "download": False}
+    assert RunConfig.from_dict(config).model == ModelConfig(hidden_dim=64, z_dim=8)
+    last = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    assert last["epoch"] == 3 and last["step"] == 3 * 75
+    assert set(last) >= {"model", "optimizer", "rng", "config", "best_epoch", "best_valid_elbo"}
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["best_epoch"] == load_checkpoint(run_dir / "checkpoints" / "best.pt")["epoch"]
+
+
+def test_checkpoint_reloads_to_identical_reconstructions(trained_run):
+    run_dir, _ = trained_run
+    first, second = load_run(run_dir), load_run(run_dir)
+    x = first.dataset.test_images[:10]
+    assert torch.equal(first.model.reconstruct(x), second.model.reconstruct(x))
+    torch.manual_seed(11)
+    samples = first.model.sample_images(5)
+    torch.manual_seed(11)
+    assert torch.equal(samples, second.model.sample_images(5))
+    assert samples.shape == (5, 784) and 0 <= samples.min() and samples.max() <= 1
+
+
+def test_resume_continues_from_the_saved_epoch_exactly(tmp_path):
+    straight = tmp_path / "straight"
+    fit(small_config(epochs=2), straight, progress=False)
+    resumed = tmp_path / "resumed"
+    fit(small_config(epochs=1), resumed, progress=False)
+    config = RunConfig.load(resumed / "config.json")
+    config.train.epochs = 2
+    fit(config, resumed, resume=True, progress=False)
+    assert [m["epoch"] for m in read_metrics(resumed)] == [1, 2]
+    for a, b in zip(read_metrics(straight), read_metrics(resumed)):
+        assert a["train"] == pytest.approx(b["train"], rel=1e-5) and a["valid"] == pytest.approx(b["valid"], rel=1e-5)
+    final_straight = load_checkpoint(straight / "checkpoints" / "last.pt")["model"]
+    final_resumed = load_checkpoint(resumed / "checkpoints" / "last.pt")["model"]
+    for name in final_straight:
+        torch.testing.assert_close(final_straight[name], final_resumed[name])
+
+
+def test_resume_drops_metrics_written_after_the_last_checkpoint(tmp_path):
+    fit(small_config(epochs=1), tmp_path, progress=False)
+    with open(tmp_path / "metrics.jsonl", "a") as handle:  # an epoch whose checkpoint a crash lost
+        handle.write(json.dumps({"epoch": 2}) + "\n")
+    config = RunConfig.load(tmp_path / "config.json")
+    config.train.epochs = 2
+    fit(config, tmp_path, resume=True, progress=False)
+    metrics = read_metrics(tmp_path)
+    assert [m["epoch"] for m in metrics] == [1, 2] and "train" in metrics[1]
+
+
+def test_an_existing_run_is_never_overwritten_by_accident(trained_run, tmp_path):
+    run_dir, _ = trained_run
+    before = (run_dir / "checkpoints" / "last.pt").read_bytes()
+    with pytest.raises(ConfigError, match="already holds a run.*--resume.*--overwrite"):
+        fit(small_config(epochs=1), run_dir, progress=False)
+    assert (run_dir / "checkpoints" / "last.pt").read_bytes() == before
+    with pytest.raises(ConfigError, match="nothing to resume"):
+        fit(small_config(), tmp_path / "empty", resume=True, progress=False)
+
+
+def test_meanfield_objective_and_particles_train(tmp_path):
+    result = fit(small_config(epochs=1, objective="meanfield", num_particles=2), tmp_path, progress=False)
+    metrics = read_metrics(tmp_path)[0]
+    assert metrics["train"]["loss"] > 0 and result.valid["kl"] > 0
+
+
+def test_evaluate_run_reports_terms_with_standard_errors(trained_run):
+    run_dir, result = trained_run
+    report = evaluate_run(run_dir, split="test", num_particles=3, device="cpu")
+    assert report["n"] == 2000 and report["dataset"] == "mnist-sample" and report["split"] == "test"
+    assert report["elbo"] == pytest.approx(report["reconstruction"] - report["kl"])
+    assert report["elbo"] == pytest.approx(result.test["elbo"], abs=5 * report["elbo_se"] + 0.5)
+    assert 0 < report["elbo_se"] < 5
+
+
+def test_bad_settings_are_refused_with_the_flag_named(tmp_path):
+    bad = small_config()
+    bad.model.z_dim = 0
+    with pytest.raises(ConfigError, match="--z-dim must be an integer >= 1"):
+        fit(bad, tmp_path, progress=False)
+    bad = small_config()
+    bad.train.device = "cuda"
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="CUDA is not available"):
+            fit(bad, tmp_path, progress=False)
+    assert not (tmp_path / "config.json").exists()
+
+
+def test_checkpoints_are_written_atomically_and_load_safely(tmp_path):
+    path = tmp_path / "ckpt.pt"
+    save_checkpoint({"epoch": 1, "weights": torch.ones(3)}, path)
+    assert not list(tmp_path.glob(".*.tmp"))
+    assert load_checkpoint(path)["epoch"] == 1
+    path.write_bytes(path.read_bytes()[:50])
+    with pytest.raises(CheckpointError, match="ckpt.pt: not a readable checkpoint"):
+        load_checkpoint(path)
+
+
+class RunsCodeOnLoad:
+    def __reduce__(self):
+        return (print, ("this ran on load",))
+
+
+def test_a_checkpoint_that_would_run_code_is_refused(tmp_path):
+    path = tmp_path / "evil.pt"
+    torch.save({"format_version": 1, "payload": RunsCodeOnLoad()}, path)
+    with pytest.raises(CheckpointError, match="evil.pt: refused to load"):
+        load_checkpoint(path)
