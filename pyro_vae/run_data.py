@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from pathlib import Path
 
 import torch
 
@@ -17,7 +18,8 @@ logger = logging.getLogger(__name__)
 def load_run_data(
     config: DataConfig, likelihood: str, seed: int, device: torch.device
 ) -> tuple[Dataset, DataConfig]:
-    """Load the configured dataset and return it with ``auto`` settings replaced by what was used.
+    """Load the configured dataset and return it with settings resolved: ``auto`` replaced by what
+    was used, ``data_dir`` made absolute (so the run can be evaluated from anywhere).
 
     ``dataset="auto"`` is MNIST when its files are in ``data_dir`` or can be downloaded, else the
     bundled ``mnist-sample`` (with a notice).
@@ -34,6 +36,7 @@ def load_run_data(
         dataset = load_dataset(name, config.data_dir, **options)
     binarize = resolve_binarization(config.binarize, likelihood, dataset.is_binary)
     resolved = dataclasses.replace(
-        config, dataset=dataset.name, binarize=binarize, valid_size=len(dataset.valid_images)
+        config, dataset=dataset.name, data_dir=str(Path(config.data_dir).resolve()), binarize=binarize,
+        valid_size=len(dataset.valid_images),
     )
     return dataset, resolved

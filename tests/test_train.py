@@ -1,6 +1,7 @@
 """Training on the bundled sample: the ELBO improves, checkpoints reload, resume continues exactly."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -48,8 +49,8 @@ def test_training_lowers_the_validation_negative_elbo(trained_run):
 def test_run_directory_holds_config_metrics_checkpoints_and_summary(trained_run):
     run_dir, _ = trained_run
     config = json.loads((run_dir / "config.json").read_text())
-    assert config["data"] == {"dataset": "mnist-sample", "data_dir": "data", "binarize": "dynamic",
-                              "valid_size": 500, "download": False}
+    assert config["data"] == {"dataset": "mnist-sample", "data_dir": str(Path("data").resolve()),
+                              "binarize": "dynamic", "valid_size": 500, "download": False}
     assert RunConfig.from_dict(config).model == ModelConfig(hidden_dim=64, z_dim=8)
     last = load_checkpoint(run_dir / "checkpoints" / "last.pt")
     assert last["epoch"] == 3 and last["step"] == 3 * 75
