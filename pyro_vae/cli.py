@@ -26,6 +26,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -38,7 +48,7 @@ def _positive_float(text: str) -> float:
 
 # Settings that define a run: fixed once it started, so --resume refuses them.
 TRAIN_SETTINGS = ("dataset", "data_dir", "binarize", "valid_size", "download", "model", "arch", "hidden_dim",
-                  "z_dim", "likelihood", "gaussian_scale", "objective", "num_particles", "batch_size",
+                  "z_dim", "likelihood", "gaussian_scale", "objective", "num_particles", "beta", "kl_warmup_epochs", "batch_size",
                   "eval_batch_size", "lr", "seed", "device")
 
 
@@ -66,8 +76,14 @@ def _add_train_parser(subparsers) -> argparse.ArgumentParser:
                        help="fixed pixel std of the Gaussian likelihood (default: learned)")
     group = parser.add_argument_group("training")
     group.add_argument("--objective", choices=cfg.OBJECTIVES, default=train.objective,
-                       help="elbo: Trace_ELBO; meanfield: TraceMeanField_ELBO (analytic KL)")
-    group.add_argument("--num-particles", type=_positive_int, default=train.num_particles)
+                       help="elbo: Trace_ELBO; meanfield: TraceMeanField_ELBO (analytic KL); "
+                            "iwae: importance-weighted bound with --num-particles k")
+    group.add_argument("--num-particles", type=_positive_int, default=train.num_particles,
+                       help="samples of z per image in the objective (vectorized)")
+    group.add_argument("--beta", type=_positive_float, default=train.beta,
+                       help="weight of the KL term (beta-VAE); applied by scaling the latent sites")
+    group.add_argument("--kl-warmup-epochs", type=_non_negative_int, default=train.kl_warmup_epochs,
+                       help="anneal the KL weight linearly from 0 to --beta over this many epochs")
     group.add_argument("--epochs", type=_positive_int, default=None,
                        help=f"training epochs (default {train.epochs}; with --resume, the new total)")
     group.add_argument("--batch-size", type=_positive_int, default=train.batch_size)
@@ -84,14 +100,43 @@ def _add_train_parser(subparsers) -> argparse.ArgumentParser:
     return parser
 
 
-def _add_evaluate_parser(subparsers) -> None:
-    parser = subparsers.add_parser("evaluate", help="ELBO and its terms of a run's best checkpoint")
-    parser.add_argument("run_dir", type=Path)
+def add_estimate_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options shared by ``pyro-vae evaluate`` and ``scripts/estimate_elbo.py``."""
     parser.add_argument("--split", choices=("test", "valid"), default="test")
-    parser.add_argument("--num-particles", type=_positive_int, default=1)
-    parser.add_argument("--batch-size", type=_positive_int, default=None)
+    parser.add_argument("--num-samples", type=_positive_int, default=5000,
+                        help="K, importance samples per image for log p(x) and the IWAE bounds")
+    parser.add_argument("--num-particles", type=_positive_int, default=10,
+                        help="samples per image for the ELBO's reconstruction term (KL is analytic)")
+    parser.add_argument("--chunk-size", type=_positive_int, default=500, help="samples drawn at once (memory)")
+    parser.add_argument("--batch-size", type=_positive_int, default=100, help="images scored at once")
     parser.add_argument("--device", choices=cfg.DEVICES, default="auto")
-    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    parser.add_argument("--json", type=Path, default=None, help="also write the summary here")
+    parser.add_argument("--csv", type=Path, default=None, help="write per-datapoint values here")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def run_estimate(path: Path, args: argparse.Namespace) -> None:
+    """Estimate, print the JSON summary, write the files asked for."""
+    from .runs import estimate_run, write_per_datapoint_csv
+
+    summary, per_datapoint = estimate_run(
+        path, args.split, num_samples=args.num_samples, num_particles=args.num_particles,
+        chunk_size=args.chunk_size, batch_size=args.batch_size, device=args.device, progress=not args.no_progress,
+    )
+    text = json.dumps(summary, indent=2)
+    print(text)
+    if args.json is not None:
+        args.json.write_text(text + "\n")
+    if args.csv is not None:
+        write_per_datapoint_csv(per_datapoint, args.csv)
+
+
+def _add_evaluate_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "evaluate", help="ELBO terms, importance-sampled log p(x), IWAE bounds of a run's best checkpoint",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("run_dir", type=Path, help="a run directory (uses checkpoints/best.pt)")
+    add_estimate_arguments(parser)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -125,7 +170,8 @@ def _run_train(args: argparse.Namespace, train_parser: argparse.ArgumentParser) 
                                 valid_size=args.valid_size, download=args.download),
             model=cfg.ModelConfig(model=args.model, arch=args.arch, hidden_dim=args.hidden_dim, z_dim=args.z_dim,
                                   likelihood=args.likelihood, gaussian_scale=args.gaussian_scale),
-            train=cfg.TrainConfig(objective=args.objective, num_particles=args.num_particles,
+            train=cfg.TrainConfig(objective=args.objective, num_particles=args.num_particles, beta=args.beta,
+                                  kl_warmup_epochs=args.kl_warmup_epochs,
                                   epochs=args.epochs or DEFAULTS.train.epochs, batch_size=args.batch_size,
                                   eval_batch_size=args.eval_batch_size, lr=args.lr, seed=args.seed,
                                   device=args.device),
@@ -133,17 +179,6 @@ def _run_train(args: argparse.Namespace, train_parser: argparse.ArgumentParser) 
     run_dir = args.out or Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
     print(f"run directory: {run_dir}")
     fit(config, run_dir, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
-
-
-def _run_evaluate(args: argparse.Namespace) -> None:
-    from .runs import evaluate_run
-
-    results = evaluate_run(args.run_dir, split=args.split, num_particles=args.num_particles,
-                           batch_size=args.batch_size, device=args.device)
-    text = json.dumps(results, indent=2)
-    print(text)
-    if args.json is not None:
-        args.json.write_text(text + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -154,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "train":
             _run_train(args, parser.train_parser)
         else:
-            _run_evaluate(args)
+            run_estimate(args.run_dir, args)
     except (cfg.ConfigError, DataFileError, CheckpointError) as error:
         print(f"pyro-vae {args.command}: error: {error}", file=sys.stderr)
         return 2

@@ -13,7 +13,7 @@ BINARIZATIONS = ("dynamic", "static", "threshold", "none")
 LIKELIHOODS = ("bernoulli", "gaussian", "continuous-bernoulli")
 ARCHITECTURES = ("mlp", "conv")
 MODELS = ("vae",)
-OBJECTIVES = ("elbo", "meanfield")
+OBJECTIVES = ("elbo", "meanfield", "iwae")
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -55,6 +55,8 @@ class TrainConfig:
 
     objective: str = "elbo"
     num_particles: int = 1
+    beta: float = 1.0
+    kl_warmup_epochs: int = 0
     epochs: int = 100
     batch_size: int = 128
     eval_batch_size: int = 1000
@@ -118,6 +120,13 @@ class RunConfig:
         _at_least("--batch-size", self.train.batch_size, 1)
         _at_least("--eval-batch-size", self.train.eval_batch_size, 1)
         _at_least("--num-particles", self.train.num_particles, 1)
+        if not self.train.kl_warmup_epochs >= 0 or isinstance(self.train.kl_warmup_epochs, bool):
+            raise ConfigError(f"--kl-warmup-epochs must be an integer >= 0, got {self.train.kl_warmup_epochs!r}")
+        if not self.train.beta > 0:
+            raise ConfigError(f"--beta must be positive, got {self.train.beta}")
+        if self.train.objective == "iwae" and (self.train.beta != 1.0 or self.train.kl_warmup_epochs):
+            raise ConfigError("--beta and --kl-warmup-epochs weight the ELBO's KL term, which the IWAE bound "
+                              "does not have; use them with --objective elbo or meanfield")
         if self.data.valid_size is not None:
             _at_least("--valid-size", self.data.valid_size, 1)
         if not self.train.lr > 0:

@@ -16,15 +16,16 @@ from tqdm.auto import tqdm
 from .batches import evaluation_batches
 
 
-def trace_particles(model_obj: nn.Module, x: torch.Tensor, y: torch.Tensor | None, num_particles: int):
-    """Guide and replayed model traces for ``num_particles`` draws, vectorized by a plate (dim -2).
+def trace_particles(model, guide, x: torch.Tensor, y: torch.Tensor | None, num_particles: int):
+    """Traces of ``guide`` and of ``model`` replayed on it, ``num_particles`` draws vectorized by a
+    plate at dim -2 (models put their data plate at dim -1).
 
     Plates' own subsample sites are pruned; every sample site's ``log_prob`` has shape
     (num_particles, batch).
     """
     with pyro.plate("particles", num_particles, dim=-2):
-        guide_trace = poutine.trace(model_obj.guide).get_trace(x, y)
-        model_trace = poutine.trace(poutine.replay(model_obj.model, trace=guide_trace)).get_trace(x, y)
+        guide_trace = poutine.trace(guide).get_trace(x, y)
+        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(x, y)
     guide_trace, model_trace = prune_subsample_sites(guide_trace), prune_subsample_sites(model_trace)
     guide_trace.compute_log_prob()
     model_trace.compute_log_prob()
@@ -33,6 +34,13 @@ def trace_particles(model_obj: nn.Module, x: torch.Tensor, y: torch.Tensor | Non
 
 def _sample_sites(trace) -> Iterable[tuple[str, dict]]:
     return ((name, site) for name, site in trace.nodes.items() if site["type"] == "sample")
+
+
+def log_weights_from_traces(model_trace, guide_trace) -> torch.Tensor:
+    """log p(x, z) - log q(z|x) per particle and datapoint, from traces of :func:`trace_particles`."""
+    log_joint = sum(site["unscaled_log_prob"] for _, site in _sample_sites(model_trace))
+    log_guide = sum(site["unscaled_log_prob"] for _, site in _sample_sites(guide_trace))
+    return log_joint - log_guide
 
 
 @torch.no_grad()
@@ -47,7 +55,7 @@ def elbo_terms(
         ``kl_monte_carlo``: E_q[log q(z|x) - log p(z)];
         ``elbo``: ``reconstruction - kl``.
     """
-    model_trace, guide_trace = trace_particles(model_obj, x, y, num_particles)
+    model_trace, guide_trace = trace_particles(model_obj.model, model_obj.guide, x, y, num_particles)
     reconstruction = sum(
         site["unscaled_log_prob"] for _, site in _sample_sites(model_trace) if site["is_observed"]
     ).mean(0)
@@ -111,10 +119,8 @@ def log_importance_weights(
     """
     chunks = []
     for start in range(0, num_samples, chunk_size):
-        model_trace, guide_trace = trace_particles(model_obj, x, y, min(chunk_size, num_samples - start))
-        log_joint = sum(site["unscaled_log_prob"] for _, site in _sample_sites(model_trace))
-        log_guide = sum(site["unscaled_log_prob"] for _, site in _sample_sites(guide_trace))
-        chunks.append((log_joint - log_guide).expand(-1, x.shape[0]))
+        traces = trace_particles(model_obj.model, model_obj.guide, x, y, min(chunk_size, num_samples - start))
+        chunks.append(log_weights_from_traces(*traces).expand(-1, x.shape[0]))
     return torch.cat(chunks)
 
 
@@ -151,3 +157,48 @@ def log_likelihood(
     Its expectation is the IWAE bound L_K <= log p(x), which tightens as K grows.
     """
     return log_likelihood_from_weights(log_importance_weights(model_obj, x, y, num_samples, chunk_size))
+
+
+@torch.no_grad()
+def posterior_means(model_obj: nn.Module, images: torch.Tensor, labels: torch.Tensor | None = None,
+                    batch_size: int = 1000, site: str = "z") -> torch.Tensor:
+    """E_q[z|x] for every image, read from the guide's distribution at ``site``."""
+    means = []
+    for x, y in evaluation_batches(images, labels, batch_size):
+        means.append(poutine.trace(model_obj.guide).get_trace(x, y).nodes[site]["fn"].mean)
+    return torch.cat(means)
+
+
+def active_units(means: torch.Tensor, threshold: float = 0.01) -> int:
+    """Latent dimensions u with Cov_x(E_q[z_u|x]) > ``threshold`` (Burda et al., 2016)."""
+    return int((means.double().var(0) > threshold).sum())
+
+
+def bits_per_dim(nats_per_image: float, num_pixels: int) -> float:
+    """A negative log-likelihood in nats per image as bits per pixel."""
+    return nats_per_image / (num_pixels * math.log(2))
+
+
+def dataset_log_likelihood(
+    model_obj: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor | None = None,
+    *,
+    num_samples: int = 5000,
+    chunk_size: int = 500,
+    batch_size: int = 100,
+    iwae_ks: Iterable[int] = (),
+    progress: bool = False,
+) -> dict[str, torch.Tensor]:
+    """Per-datapoint ``log_likelihood`` (K = ``num_samples``) and ``iwae_k`` bounds, dataset order."""
+    iwae_ks = tuple(iwae_ks)
+    parts: dict[str, list[torch.Tensor]] = {}
+    total = -(-len(images) // batch_size)
+    batches = evaluation_batches(images, labels, batch_size)
+    for x, y in tqdm(batches, total=total, desc=f"log p(x), K={num_samples}", leave=False,
+                     disable=not progress or None):
+        log_weights = log_importance_weights(model_obj, x, y, num_samples, chunk_size)
+        parts.setdefault("log_likelihood", []).append(log_likelihood_from_weights(log_weights))
+        for k, bound in iwae_bounds(log_weights, iwae_ks).items():
+            parts.setdefault(f"iwae_{k}", []).append(bound)
+    return {key: torch.cat(values) for key, values in parts.items()}

@@ -1,15 +1,38 @@
 """Training objectives: Pyro ELBOs that also report the ELBO's terms from the traces they score.
 
-The optimizer minimises the loss of the chosen Pyro ELBO. The same model and guide traces the
-ELBO scored are kept, so the reconstruction term E_q[log p(x|z)] and the Monte Carlo KL
+The optimizer minimises the loss of the chosen objective. The model and guide traces that the
+objective scored are kept, so the reconstruction term E_q[log p(x|z)] and the Monte Carlo KL
 log q(z|x) - log p(z) are read off them for free: no second forward pass, no re-derived density.
 """
 
 from __future__ import annotations
 
+import math
+from contextlib import nullcontext
+
 import torch
 from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
+from pyro.poutine.messenger import Messenger
 from torch import nn
+
+from .evaluate import log_weights_from_traces, trace_particles
+
+
+def _terms_from_traces(traces: list, num_particles: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sums over the batch of log p(x|z) and of log q(z|x) - log p(z), averaged over particles.
+
+    Unscaled log-densities: a KL weight (beta) changes the loss, not the reported terms.
+    """
+    reconstruction = kl = 0.0
+    for model_trace, guide_trace in traces:
+        for name, site in model_trace.nodes.items():
+            if site["type"] != "sample" or "unscaled_log_prob" not in site:
+                continue
+            if site["is_observed"]:
+                reconstruction = reconstruction + site["unscaled_log_prob"].sum()
+            else:
+                kl = kl + (guide_trace.nodes[name]["unscaled_log_prob"] - site["unscaled_log_prob"]).sum()
+    return reconstruction.detach() / num_particles, kl.detach() / num_particles
 
 
 class _KeepsTraces:
@@ -29,16 +52,9 @@ class _KeepsTraces:
         return model_trace, guide_trace
 
     def last_terms(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Sums over the batch of log p(x|z) and of log q(z|x) - log p(z), averaged over particles.
-
-        Unscaled log-densities: a KL weight (beta) changes the loss, not the reported terms.
-        """
-        reconstruction = kl = 0.0
-        for model_trace, guide_trace in self.traces:
-            reconstruction = reconstruction + model_trace.nodes["x"]["unscaled_log_prob"].sum()
-            kl = kl + (guide_trace.nodes["z"]["unscaled_log_prob"] - model_trace.nodes["z"]["unscaled_log_prob"]).sum()
+        """Reconstruction and KL sums of the last loss evaluation (see :func:`_terms_from_traces`)."""
         num_particles = self.num_particles if self.vectorize_particles else len(self.traces)
-        return reconstruction.detach() / num_particles, kl.detach() / num_particles
+        return _terms_from_traces(self.traces, num_particles)
 
 
 class RecordedTrace_ELBO(_KeepsTraces, Trace_ELBO):
@@ -49,29 +65,80 @@ class RecordedTraceMeanField_ELBO(_KeepsTraces, TraceMeanField_ELBO):
     """:class:`pyro.infer.TraceMeanField_ELBO` (analytic KL) that keeps its traces."""
 
 
-OBJECTIVES = {"elbo": RecordedTrace_ELBO, "meanfield": RecordedTraceMeanField_ELBO}
+class IWAE_ELBO:
+    """The importance-weighted bound L_k of Burda et al. (2016), per datapoint, k vectorized particles.
+
+    ``differentiable_loss`` is -sum_n [logsumexp_k log w_nk - log k] with
+    log w = log p(x, z) - log q(z|x) from traces of the model replayed on the guide; gradients
+    flow by reparameterization. For one datapoint it equals ``pyro.infer.RenyiELBO(alpha=0)``,
+    which has no differentiable loss and, over a batch, weights the whole batch jointly.
+    """
+
+    def __init__(self, num_particles: int) -> None:
+        self.num_particles = num_particles
+        self.traces: list = []
+
+    def differentiable_loss(self, model, guide, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        model_trace, guide_trace = trace_particles(model, guide, x, y, self.num_particles)
+        self.traces = [(model_trace, guide_trace)]
+        log_weights = log_weights_from_traces(model_trace, guide_trace)
+        return -(torch.logsumexp(log_weights, 0) - math.log(self.num_particles)).sum()
+
+    def last_terms(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return _terms_from_traces(self.traces, self.num_particles)
+
+
+OBJECTIVES = {"elbo": RecordedTrace_ELBO, "meanfield": RecordedTraceMeanField_ELBO, "iwae": IWAE_ELBO}
 
 
 def make_objective(name: str, num_particles: int = 1):
-    """The Pyro ELBO called ``name`` (``"elbo"`` or ``"meanfield"``), particles vectorized."""
+    """The objective called ``name`` (``"elbo"``, ``"meanfield"`` or ``"iwae"``), particles vectorized."""
+    if name == "iwae":
+        return IWAE_ELBO(num_particles)
     try:
         elbo_class = OBJECTIVES[name]
     except KeyError:
-        raise ValueError(f"unknown objective {name!r}; use {' or '.join(OBJECTIVES)}") from None
+        raise ValueError(f"unknown objective {name!r}; use {', '.join(OBJECTIVES)}") from None
     return elbo_class(num_particles=num_particles, vectorize_particles=num_particles > 1, max_plate_nesting=1)
 
 
-class NegativeELBO(nn.Module):
-    """The loss as a module: ``forward(x, y)`` is the ELBO's differentiable loss summed over the batch.
+class ScaleLatents(Messenger):
+    """Multiply the log-density of every latent sample site by ``scale``, in model and guide alike.
 
-    Holding the model makes its parameters this module's, so a torch optimizer, an LR scheduler,
-    DistributedDataParallel or a compiler can wrap it like any other loss module.
+    Under it the ELBO becomes E_q[log p(x|z)] - scale * KL(q(z|x) || p(z)): the beta-VAE objective
+    (Higgins et al., 2017) and the weight that KL warm-up anneals (Bowman et al., 2016).
     """
 
-    def __init__(self, model: nn.Module, elbo) -> None:
+    def __init__(self, scale: float) -> None:
+        super().__init__()
+        self.scale = scale
+
+    def _process_message(self, msg) -> None:
+        if msg["type"] == "sample" and not msg["is_observed"]:
+            msg["scale"] = self.scale * msg["scale"]
+
+
+class NegativeELBO(nn.Module):
+    """The loss as a module: ``forward(x, y)`` is the objective's differentiable loss summed over the batch.
+
+    Holding the model makes its parameters this module's, so a torch optimizer, an LR scheduler,
+    DistributedDataParallel or a compiler can wrap it like any other loss module. ``kl_weight``
+    scales the latent sites (beta, KL warm-up).
+    """
+
+    def __init__(self, model: nn.Module, elbo, kl_weight: float = 1.0) -> None:
         super().__init__()
         self.model = model
         self.elbo = elbo
+        self.kl_weight = kl_weight
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        return self.elbo.differentiable_loss(self.model.model, self.model.guide, x, y)
+        with ScaleLatents(self.kl_weight) if self.kl_weight != 1.0 else nullcontext():
+            return self.elbo.differentiable_loss(self.model.model, self.model.guide, x, y)
+
+
+def kl_weight_at(step: int, steps_per_epoch: int, beta: float, warmup_epochs: int) -> float:
+    """The KL weight of training step ``step`` (0-based): linear from 0 to ``beta`` over the warm-up."""
+    if warmup_epochs == 0:
+        return beta
+    return beta * min(1.0, (step + 1) / (warmup_epochs * steps_per_epoch))

@@ -29,8 +29,9 @@ def load_run_data(
     if name == "auto":
         try:
             dataset = load_dataset("mnist", config.data_dir, **options)
-        except DatasetUnavailable as error:
-            logger.warning("MNIST is not available (%s); using the bundled mnist-sample instead", error)
+        except DatasetUnavailable:
+            logger.warning("notice: MNIST is neither in %s nor downloadable; using the bundled mnist-sample "
+                           "instead (pass --data-dir DIR to use a local copy)", config.data_dir)
             dataset = load_dataset("mnist-sample", config.data_dir, **options)
     else:
         dataset = load_dataset(name, config.data_dir, **options)

@@ -1,20 +1,24 @@
-"""A trained run read back from its directory: settings, model, data, and evaluation of a split."""
+"""A trained run read back from its checkpoint: settings, model, data; and its scores on a split."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+import csv
+import time
 from pathlib import Path
 from typing import Any
 
+import pyro
 import torch
 from torch import nn
 
 from .batches import fixed_binarization
-from .checkpoint import load_checkpoint
+from .checkpoint import CheckpointError, load_checkpoint
 from .config import RunConfig
 from .data import Dataset, load_dataset
 from .devices import resolve_device
-from .evaluate import dataset_elbo_terms, mean_and_standard_error
+from .evaluate import (active_units, bits_per_dim, dataset_elbo_terms, dataset_log_likelihood,
+                       mean_and_standard_error, posterior_means)
 from .models import build_model
 
 CONFIG_FILE = "config.json"
@@ -24,6 +28,7 @@ LAST_CHECKPOINT = Path("checkpoints") / "last.pt"
 BEST_CHECKPOINT = Path("checkpoints") / "best.pt"
 # Held-out splits are scored on one fixed binarization each, so numbers compare across epochs and runs.
 BINARIZATION_SEED_OFFSETS = {"train": 0, "valid": 1, "test": 2}
+STANDARD_IWAE_KS = (1, 5, 50, 500, 5000)
 
 
 def evaluation_split(
@@ -36,60 +41,105 @@ def evaluation_split(
 
 @dataclass
 class LoadedRun:
-    """A run's resolved settings, its model with a checkpoint's weights, and its data."""
+    """A checkpoint's resolved settings, its model with the checkpoint's weights, and its data."""
 
-    run_dir: Path
+    checkpoint_path: Path
     config: RunConfig
     model: nn.Module
     dataset: Dataset
     checkpoint: dict[str, Any]
 
 
-def load_run(run_dir: str | Path, device: str | torch.device = "cpu", which: str = "best") -> LoadedRun:
-    """Rebuild a run's model from ``checkpoints/{which}.pt`` and load its data as it was trained."""
-    run_dir = Path(run_dir)
-    config = RunConfig.load(run_dir / CONFIG_FILE)
+def load_run(path: str | Path, device: str | torch.device = "cpu") -> LoadedRun:
+    """Rebuild a model and its data from a run directory (its best checkpoint) or a checkpoint file.
+
+    The checkpoint carries the run's resolved settings, so the data is loaded as it was trained.
+    """
+    path = Path(path)
+    checkpoint_path = path / BEST_CHECKPOINT if path.is_dir() else path
+    if path.is_dir() and not checkpoint_path.is_file() and not (path / CONFIG_FILE).is_file():
+        raise CheckpointError(f"{path} is not a run directory: no {CONFIG_FILE} or {BEST_CHECKPOINT} in it")
     device = resolve_device(device) if isinstance(device, str) else device
-    checkpoint = load_checkpoint(run_dir / "checkpoints" / f"{which}.pt", map_location=device)
+    checkpoint = load_checkpoint(checkpoint_path, map_location=device)
+    config = RunConfig.from_dict(checkpoint["config"])
     model = build_model(config.model).to(device)
     model.load_state_dict(checkpoint["model"])
     model.eval()
     data = config.data
     dataset = load_dataset(data.dataset, data.data_dir, valid_size=data.valid_size, seed=config.train.seed,
                            download=data.download, device=device)
-    return LoadedRun(run_dir=run_dir, config=config, model=model, dataset=dataset, checkpoint=checkpoint)
+    return LoadedRun(checkpoint_path=checkpoint_path, config=config, model=model, dataset=dataset,
+                     checkpoint=checkpoint)
 
 
-def evaluate_run(
-    run_dir: str | Path,
+def iwae_ks_for(num_samples: int) -> list[int]:
+    """The standard k of the IWAE bounds (1, 5, 50, 500, 5000) that divide K, and K itself."""
+    return sorted({k for k in STANDARD_IWAE_KS if k <= num_samples and num_samples % k == 0} | {num_samples})
+
+
+def estimate_run(
+    path: str | Path,
     split: str = "test",
-    num_particles: int = 1,
-    batch_size: int | None = None,
+    *,
+    num_samples: int = 5000,
+    num_particles: int = 10,
+    chunk_size: int = 500,
+    batch_size: int = 100,
     device: str = "auto",
-) -> dict[str, Any]:
-    """ELBO and its terms (nats per image, with standard errors) of a run's best checkpoint."""
-    run = load_run(run_dir, device)
+    progress: bool = True,
+) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """Score a run's best checkpoint (or a checkpoint file) on ``split``.
+
+    Returns the summary (means in nats per image, standard errors, IWAE bounds, bits per dimension,
+    active units; the protocol: dataset, binarization, split, K, seed) and the per-datapoint values.
+    """
+    started = time.perf_counter()
+    run = load_run(path, device)
     seed = run.config.train.seed
-    torch.manual_seed(seed)
+    pyro.set_rng_seed(seed)
     images, labels = evaluation_split(run.dataset, split, run.config.data.binarize, seed)
-    terms = dataset_elbo_terms(run.model, images, labels, batch_size=batch_size or run.config.train.eval_batch_size,
-                               num_particles=num_particles, progress=True)
-    results: dict[str, Any] = {
-        "run_dir": str(run.run_dir),
+    per_datapoint = dataset_elbo_terms(run.model, images, labels, batch_size=batch_size,
+                                       num_particles=num_particles, progress=progress)
+    ks = iwae_ks_for(num_samples)
+    per_datapoint.update(dataset_log_likelihood(run.model, images, labels, num_samples=num_samples,
+                                                chunk_size=chunk_size, batch_size=batch_size, iwae_ks=ks,
+                                                progress=progress))
+    log_likelihood, log_likelihood_se = mean_and_standard_error(per_datapoint["log_likelihood"])
+    summary: dict[str, Any] = {
+        "checkpoint": str(run.checkpoint_path),
+        "epoch": run.checkpoint["epoch"],
         "dataset": run.config.data.dataset,
         "binarization": run.config.data.binarize,
         "split": split,
         "n": len(images),
-        "epoch": run.checkpoint["epoch"],
+        "num_samples": num_samples,
         "num_particles": num_particles,
         "seed": seed,
     }
-    for key, values in terms.items():
-        results[key], results[f"{key}_se"] = mean_and_standard_error(values)
-    return results
+    for key in ("elbo", "reconstruction", "kl", "kl_monte_carlo"):
+        summary[key], summary[f"{key}_se"] = mean_and_standard_error(per_datapoint[key])
+    summary.update(
+        log_likelihood=log_likelihood,
+        log_likelihood_se=log_likelihood_se,
+        nll=-log_likelihood,
+        bits_per_dim=bits_per_dim(-log_likelihood, images.shape[1]),
+        active_units=active_units(posterior_means(run.model, images, labels, batch_size)),
+        iwae_bounds={str(k): per_datapoint[f"iwae_{k}"].double().mean().item() for k in ks},
+        seconds=time.perf_counter() - started,
+    )
+    return summary, per_datapoint
+
+
+def write_per_datapoint_csv(per_datapoint: dict[str, torch.Tensor], path: Path) -> None:
+    """One row per datapoint (index and every per-datapoint value, nats), for your own statistics."""
+    columns = list(per_datapoint)
+    rows = torch.stack([per_datapoint[c].double().cpu() for c in columns], dim=1).tolist()
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["index", *columns])
+        writer.writerows([index, *(f"{v:.6f}" for v in row)] for index, row in enumerate(rows))
 
 
 def summarize_terms(terms: dict[str, torch.Tensor]) -> dict[str, float]:
     """Mean over datapoints of each per-datapoint term."""
     return {key: value.double().mean().item() for key, value in terms.items()}
-

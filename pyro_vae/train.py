@@ -21,7 +21,7 @@ from .config import ConfigError, RunConfig
 from .devices import resolve_device
 from .evaluate import dataset_elbo_terms
 from .models import build_model
-from .objectives import NegativeELBO, make_objective
+from .objectives import NegativeELBO, kl_weight_at, make_objective
 from .run_data import load_run_data
 from .runs import (BEST_CHECKPOINT, CONFIG_FILE, LAST_CHECKPOINT, METRICS_FILE, SUMMARY_FILE, evaluation_split,
                    summarize_terms)
@@ -101,16 +101,19 @@ def fit(config: RunConfig, run_dir: str | Path, *, resume: bool = False, overwri
         started = time.perf_counter()
         model.train()
         totals = torch.zeros(3, device=device)  # loss, log p(x|z), log q - log p; summed, read once
+        step = state["step"]
         bar = tqdm(batches.epoch(epoch), total=len(batches), desc=f"epoch {epoch}", leave=False,
                    disable=not progress or None)
         for x, y in bar:
+            loss_module.kl_weight = kl_weight_at(step, len(batches), train_config.beta, train_config.kl_warmup_epochs)
+            step += 1
             loss = loss_module(x, y)
             optimizer.zero_grad(set_to_none=True)
             (loss / x.shape[0]).backward()
             optimizer.step()
             reconstruction, kl = elbo.last_terms()
             totals += torch.stack([loss.detach(), reconstruction, kl])
-        state["step"] += len(batches)
+        state["step"] = step
         train_loss, train_reconstruction, train_kl = (totals / num_train).tolist()
 
         model.eval()
@@ -123,6 +126,8 @@ def fit(config: RunConfig, run_dir: str | Path, *, resume: bool = False, overwri
             "epoch": epoch,
             "step": state["step"],
             "seconds": time.perf_counter() - started,
+            "objective": train_config.objective,
+            "kl_weight": loss_module.kl_weight,
             "train": {"loss": train_loss, "elbo": train_reconstruction - train_kl,
                       "reconstruction": train_reconstruction, "kl": train_kl},
             "valid": valid,

@@ -31,10 +31,15 @@ def test_train_one_epoch_on_the_sample_writes_the_run_directory(tmp_path):
     assert "resuming after epoch 1" in resumed.stdout and "epoch   2/2" in resumed.stdout
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 2
 
-    evaluated = pyro_vae("evaluate", "run", "--json", "eval.json", cwd=tmp_path)
+    evaluated = pyro_vae("evaluate", "run", "--num-samples", "20", "--num-particles", "2", "--json", "eval.json",
+                         "--no-progress", cwd=tmp_path)
     assert evaluated.returncode == 0, evaluated.stderr
     report = json.loads((tmp_path / "eval.json").read_text())
     assert report["split"] == "test" and report["n"] == 2000 and report["epoch"] in (1, 2)
+    expected_keys = {"dataset", "binarization", "split", "n", "num_samples", "elbo", "reconstruction", "kl",
+                     "log_likelihood", "log_likelihood_se", "nll", "bits_per_dim", "active_units", "iwae_bounds"}
+    assert expected_keys <= set(report) and report["num_samples"] == 20
+    assert list(report["iwae_bounds"]) == ["1", "5", "20"]
 
 
 @pytest.mark.slow
@@ -78,4 +83,4 @@ def test_resume_refuses_changed_settings(tmp_path):
 def test_evaluate_of_a_missing_run_names_the_directory(tmp_path):
     result = pyro_vae("evaluate", "nowhere", cwd=tmp_path)
     assert result.returncode == 2
-    assert "nowhere/config.json does not exist" in result.stderr and "Traceback" not in result.stderr
+    assert "nowhere: checkpoint not found" in result.stderr and "Traceback" not in result.stderr

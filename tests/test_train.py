@@ -1,6 +1,7 @@
 """Training on the bundled sample: the ELBO improves, checkpoints reload, resume continues exactly."""
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -9,7 +10,7 @@ import torch
 from pyro_vae import DataConfig, ModelConfig, RunConfig, TrainConfig, fit
 from pyro_vae.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from pyro_vae.config import ConfigError
-from pyro_vae.runs import evaluate_run, load_run
+from pyro_vae.runs import estimate_run, load_run
 
 
 def small_config(epochs=2, **train):
@@ -115,13 +116,19 @@ def test_meanfield_objective_and_particles_train(tmp_path):
     assert metrics["train"]["loss"] > 0 and result.valid["kl"] > 0
 
 
-def test_evaluate_run_reports_terms_with_standard_errors(trained_run):
+def test_estimate_run_reports_terms_likelihood_and_bounds(trained_run):
     run_dir, result = trained_run
-    report = evaluate_run(run_dir, split="test", num_particles=3, device="cpu")
-    assert report["n"] == 2000 and report["dataset"] == "mnist-sample" and report["split"] == "test"
-    assert report["elbo"] == pytest.approx(report["reconstruction"] - report["kl"])
-    assert report["elbo"] == pytest.approx(result.test["elbo"], abs=5 * report["elbo_se"] + 0.5)
-    assert 0 < report["elbo_se"] < 5
+    summary, per_datapoint = estimate_run(run_dir, "test", num_samples=50, num_particles=3, device="cpu",
+                                          progress=False)
+    assert summary["n"] == 2000 and summary["dataset"] == "mnist-sample" and summary["split"] == "test"
+    assert summary["elbo"] == pytest.approx(summary["reconstruction"] - summary["kl"])
+    assert summary["elbo"] == pytest.approx(result.test["elbo"], abs=5 * summary["elbo_se"] + 0.5)
+    assert summary["elbo"] < summary["log_likelihood"] == pytest.approx(summary["iwae_bounds"]["50"])
+    assert summary["iwae_bounds"]["1"] < summary["iwae_bounds"]["5"] < summary["iwae_bounds"]["50"]
+    assert summary["nll"] == -summary["log_likelihood"]
+    assert summary["bits_per_dim"] == pytest.approx(summary["nll"] / (784 * math.log(2)))
+    assert 0 < summary["active_units"] <= 8 and 0 < summary["log_likelihood_se"] < 5
+    assert all(values.shape == (2000,) for values in per_datapoint.values())
 
 
 def test_bad_settings_are_refused_with_the_flag_named(tmp_path):
