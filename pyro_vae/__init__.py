@@ -2,8 +2,10 @@
 
 from .config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from .data import Dataset, load_dataset
-from .evaluate import dataset_elbo_terms, elbo_terms
+from .evaluate import (active_units, dataset_elbo_terms, dataset_log_likelihood, elbo_terms, iwae_bounds,
+                       log_importance_weights, log_likelihood)
 from .models import VAE, build_model
+from .runs import estimate_run, load_run
 from .train import FitResult, fit
 
 __version__ = "0.1.0"
@@ -16,9 +18,16 @@ __all__ = [
     "ModelConfig",
     "RunConfig",
     "TrainConfig",
+    "active_units",
     "build_model",
     "dataset_elbo_terms",
+    "dataset_log_likelihood",
     "elbo_terms",
+    "estimate_run",
     "fit",
+    "iwae_bounds",
     "load_dataset",
+    "load_run",
+    "log_importance_weights",
+    "log_likelihood",
 ]

@@ -12,28 +12,36 @@ from pathlib import Path
 from . import config as cfg
 from .checkpoint import CheckpointError
 from .formats import DataFileError
+from .runs import CONFIG_FILE, estimate_run, write_per_datapoint_csv
+from .train import TrainingDiverged, fit
 
 DEFAULTS = cfg.RunConfig()
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
+class _OneLineErrors(argparse.ArgumentParser):
+    """Bad command-line values end in one line naming the problem, not a usage dump."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
+def _int_at_least(minimum: int):
+    """An argparse type: an integer >= ``minimum``, with a message naming the value."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+_positive_int = _int_at_least(1)
+_non_negative_int = _int_at_least(0)
 
 
 def _positive_float(text: str) -> float:
@@ -97,6 +105,8 @@ def _add_train_parser(subparsers) -> argparse.ArgumentParser:
                        help="continue the run in --out from checkpoints/last.pt (its own settings; --epochs may extend it)")
     group.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     group.add_argument("--no-progress", action="store_true", help="no progress bars")
+    group.add_argument("--detect-anomaly", action="store_true",
+                       help="run torch's autograd anomaly detection (slow; to find where NaNs arise)")
     return parser
 
 
@@ -117,8 +127,6 @@ def add_estimate_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_estimate(path: Path, args: argparse.Namespace) -> None:
     """Estimate, print the JSON summary, write the files asked for."""
-    from .runs import estimate_run, write_per_datapoint_csv
-
     summary, per_datapoint = estimate_run(
         path, args.split, num_samples=args.num_samples, num_particles=args.num_particles,
         chunk_size=args.chunk_size, batch_size=args.batch_size, device=args.device, progress=not args.no_progress,
@@ -140,7 +148,7 @@ def _add_evaluate_parser(subparsers) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pyro-vae", description=__doc__)
+    parser = _OneLineErrors(prog="pyro-vae", description=__doc__)
     subparsers = parser.add_subparsers(dest="command", required=True)
     parser.train_parser = _add_train_parser(subparsers)
     _add_evaluate_parser(subparsers)
@@ -148,9 +156,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run_train(args: argparse.Namespace, train_parser: argparse.ArgumentParser) -> None:
-    from .runs import CONFIG_FILE
-    from .train import fit
-
     if args.resume and args.overwrite:
         train_parser.error("--resume and --overwrite contradict each other; choose one")
     if args.resume:
@@ -160,7 +165,7 @@ def _run_train(args: argparse.Namespace, train_parser: argparse.ArgumentParser) 
                    if getattr(args, dest) != train_parser.get_default(dest)]
         if changed:
             train_parser.error(f"--resume continues the run with the settings in its config.json; "
-                         f"drop {', '.join(changed)} or start a new run with another --out")
+                               f"drop {', '.join(changed)} or start a new run with another --out")
         config = cfg.RunConfig.load(args.out / CONFIG_FILE)
         if args.epochs is not None:
             config.train.epochs = args.epochs
@@ -178,7 +183,8 @@ def _run_train(args: argparse.Namespace, train_parser: argparse.ArgumentParser) 
         )
     run_dir = args.out or Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
     print(f"run directory: {run_dir}")
-    fit(config, run_dir, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
+    fit(config, run_dir, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress,
+        detect_anomaly=args.detect_anomaly)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -193,9 +199,12 @@ def main(argv: list[str] | None = None) -> int:
     except (cfg.ConfigError, DataFileError, CheckpointError) as error:
         print(f"pyro-vae {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except TrainingDiverged as error:
+        print(f"pyro-vae {args.command}: error: {error}", file=sys.stderr)
+        return 3
     except KeyboardInterrupt:
-        print("interrupted; the last finished epoch is in checkpoints/last.pt (continue with --resume)",
-              file=sys.stderr)
+        hint = "; the last finished epoch is in checkpoints/last.pt (continue with --resume)"
+        print(f"interrupted{hint if args.command == 'train' else ''}", file=sys.stderr)
         return 130
     return 0
 

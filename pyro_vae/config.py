@@ -143,6 +143,18 @@ class RunConfig:
             )
 
 
+def config_differences(requested: RunConfig, saved: RunConfig, ignore: tuple[str, ...] = ()) -> list[str]:
+    """Settings that differ, as ``section.name: saved X, requested Y`` (``ignore`` by dotted name)."""
+    differences = []
+    saved_values, requested_values = saved.to_dict(), requested.to_dict()
+    for section, values in saved_values.items():
+        for name, saved_value in values.items():
+            requested_value = requested_values[section][name]
+            if f"{section}.{name}" not in ignore and requested_value != saved_value:
+                differences.append(f"{section}.{name}: checkpoint {saved_value!r}, requested {requested_value!r}")
+    return differences
+
+
 def _choice(flag: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ConfigError(f"{flag} {value!r} is not one of: {', '.join(choices)}")

@@ -139,7 +139,7 @@ def _load_idx_dataset(name: str, data_dir: Path, download: bool) -> tuple[dict, 
         if not download:
             raise DatasetUnavailable(
                 f"{name} not found in {', '.join(map(str, candidates))}; pass --data-dir pointing at a "
-                f"torchvision root that holds {folder}/raw/, or allow the download"
+                f"torchvision root that holds {folder}/raw/, or drop --no-download to fetch it"
             )
         files = {}
         for file_name, checksum in checksums.items():

@@ -87,11 +87,17 @@ def dataset_elbo_terms(
     progress: bool = False,
 ) -> dict[str, torch.Tensor]:
     """:func:`elbo_terms` for every image of a split, concatenated in dataset order."""
+    return _over_batches(lambda x, y: elbo_terms(model_obj, x, y, num_particles), images, labels, batch_size,
+                         "ELBO", progress)
+
+
+def _over_batches(score, images, labels, batch_size: int, description: str, progress: bool):
+    """Apply ``score(x, y) -> {name: per-datapoint tensor}`` batch by batch; concatenate per name."""
     parts: dict[str, list[torch.Tensor]] = {}
-    batches = evaluation_batches(images, labels, batch_size)
     total = -(-len(images) // batch_size)
-    for x, y in tqdm(batches, total=total, desc="ELBO", leave=False, disable=not progress or None):
-        for key, value in elbo_terms(model_obj, x, y, num_particles).items():
+    batches = evaluation_batches(images, labels, batch_size)
+    for x, y in tqdm(batches, total=total, desc=description, leave=False, disable=not progress or None):
+        for key, value in score(x, y).items():
             parts.setdefault(key, []).append(value)
     return {key: torch.cat(values) for key, values in parts.items()}
 
@@ -192,13 +198,11 @@ def dataset_log_likelihood(
 ) -> dict[str, torch.Tensor]:
     """Per-datapoint ``log_likelihood`` (K = ``num_samples``) and ``iwae_k`` bounds, dataset order."""
     iwae_ks = tuple(iwae_ks)
-    parts: dict[str, list[torch.Tensor]] = {}
-    total = -(-len(images) // batch_size)
-    batches = evaluation_batches(images, labels, batch_size)
-    for x, y in tqdm(batches, total=total, desc=f"log p(x), K={num_samples}", leave=False,
-                     disable=not progress or None):
+
+    def score(x, y):
         log_weights = log_importance_weights(model_obj, x, y, num_samples, chunk_size)
-        parts.setdefault("log_likelihood", []).append(log_likelihood_from_weights(log_weights))
-        for k, bound in iwae_bounds(log_weights, iwae_ks).items():
-            parts.setdefault(f"iwae_{k}", []).append(bound)
-    return {key: torch.cat(values) for key, values in parts.items()}
+        bounds = iwae_bounds(log_weights, iwae_ks)
+        return {"log_likelihood": log_likelihood_from_weights(log_weights),
+                **{f"iwae_{k}": bound for k, bound in bounds.items()}}
+
+    return _over_batches(score, images, labels, batch_size, f"log p(x), K={num_samples}", progress)

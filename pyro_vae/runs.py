@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 import csv
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +14,7 @@ from torch import nn
 
 from .batches import fixed_binarization
 from .checkpoint import CheckpointError, load_checkpoint
-from .config import RunConfig
+from .config import ConfigError, RunConfig, config_differences
 from .data import Dataset, load_dataset
 from .devices import resolve_device
 from .evaluate import (active_units, bits_per_dim, dataset_elbo_terms, dataset_log_likelihood,
@@ -62,6 +62,11 @@ def load_run(path: str | Path, device: str | torch.device = "cpu") -> LoadedRun:
     device = resolve_device(device) if isinstance(device, str) else device
     checkpoint = load_checkpoint(checkpoint_path, map_location=device)
     config = RunConfig.from_dict(checkpoint["config"])
+    if path.is_dir():
+        differences = config_differences(RunConfig.load(path / CONFIG_FILE), config, ignore=("train.epochs",))
+        if differences:
+            raise ConfigError(f"{checkpoint_path} was trained with other settings than {path / CONFIG_FILE} "
+                              f"says ({'; '.join(differences)}); restore the run's config.json")
     model = build_model(config.model).to(device)
     model.load_state_dict(checkpoint["model"])
     model.eval()

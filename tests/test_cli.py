@@ -2,10 +2,15 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
+import torch
+
+from pyro_vae.checkpoint import load_checkpoint
 
 
 def pyro_vae(*args, cwd):
@@ -84,3 +89,37 @@ def test_evaluate_of_a_missing_run_names_the_directory(tmp_path):
     result = pyro_vae("evaluate", "nowhere", cwd=tmp_path)
     assert result.returncode == 2
     assert "nowhere: checkpoint not found" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_sigkill_mid_training_then_resume_matches_an_uninterrupted_run(tmp_path):
+    settings = ["--dataset", "mnist-sample", "--hidden-dim", "32", "--z-dim", "4", "--batch-size", "50",
+                "--valid-size", "500", "--device", "cpu", "--no-progress"]
+    env = {**os.environ, "PYTHONWARNINGS": "error"}
+    process = subprocess.Popen([sys.executable, "-m", "pyro_vae.cli", "train", *settings, "--epochs", "3",
+                                "--out", "killed"], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    metrics = tmp_path / "killed" / "metrics.jsonl"
+    deadline = time.monotonic() + 300
+    while not (metrics.exists() and metrics.read_text().count("\n") >= 1) and process.poll() is None:
+        assert time.monotonic() < deadline, "the first epoch never finished"
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)  # somewhere in epoch 2
+    process.wait()
+    assert process.returncode == -signal.SIGKILL
+    resumed = pyro_vae("train", "--out", "killed", "--resume", "--no-progress", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    straight = pyro_vae("train", *settings, "--epochs", "3", "--out", "straight", cwd=tmp_path)
+    assert straight.returncode == 0, straight.stderr
+
+    def final(run):
+        lines = (tmp_path / run / "metrics.jsonl").read_text().splitlines()
+        return [json.loads(line) for line in lines], load_checkpoint(tmp_path / run / "checkpoints" / "last.pt")
+
+    killed_metrics, killed_state = final("killed")
+    straight_metrics, straight_state = final("straight")
+    assert [m["epoch"] for m in killed_metrics] == [1, 2, 3]
+    for a, b in zip(killed_metrics, straight_metrics):
+        assert a["train"] == pytest.approx(b["train"], rel=1e-6) and a["valid"] == pytest.approx(b["valid"], rel=1e-6)
+    for name, value in straight_state["model"].items():
+        torch.testing.assert_close(killed_state["model"][name], value)

@@ -46,6 +46,9 @@ def test_read_idx_refuses_truncated_and_foreign_files(tmp_path):
         read_idx(tmp_path / "foreign")
     with pytest.raises(DataFileError, match="file not found"):
         read_idx(tmp_path / "missing")
+    (tmp_path / "floats").write_bytes(bytes([0, 0, 0x0D, 1]) + (2).to_bytes(4, "big") + bytes(8))
+    with pytest.raises(DataFileError, match=r"idx type code 0x0d; only unsigned bytes \(0x08\)"):
+        read_idx(tmp_path / "floats")
 
 
 def test_missing_mnist_names_the_places_looked_and_the_fix(tmp_path):
@@ -57,6 +60,13 @@ def test_mismatched_image_and_label_counts_are_refused(tmp_path):
     write_fake_mnist(tmp_path)
     write_idx(tmp_path / "MNIST" / "raw" / "t10k-labels-idx1-ubyte", np.zeros(7, dtype=np.uint8))
     with pytest.raises(DataFileError, match="labels for 20 images"):
+        load_dataset("mnist", tmp_path, download=False)
+
+
+def test_labels_out_of_range_are_refused(tmp_path):
+    write_fake_mnist(tmp_path)
+    write_idx(tmp_path / "MNIST" / "raw" / "t10k-labels-idx1-ubyte", np.full(20, 12, dtype=np.uint8))
+    with pytest.raises(DataFileError, match="mnist test: labels outside 0..9"):
         load_dataset("mnist", tmp_path, download=False)
 
 

@@ -73,3 +73,11 @@ def test_reproduce_mnist_nll_writes_the_table(tmp_path):
     assert "| VAE (ours) |" in table and "| IWAE (k=3) (ours) |" in table and "86.76" in table
     summary = json.loads((tmp_path / "out" / "iwae" / "test_estimate.json").read_text())
     assert summary["num_samples"] == 6 and summary["dataset"] == "mnist-sample"
+
+
+def test_benchmark_log_likelihood_reports_the_ratio(tmp_path):
+    result = run_script("benchmark_log_likelihood.py", "--num-images", "4", "--num-samples", "6", "--chunk-size",
+                        "4", "--batch-size", "2", "--repeats", "1", "--device", "cpu", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["ratio"] > 0 and report["num_samples"] == 6 and report["device"]

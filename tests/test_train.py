@@ -10,7 +10,9 @@ import torch
 from pyro_vae import DataConfig, ModelConfig, RunConfig, TrainConfig, fit
 from pyro_vae.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from pyro_vae.config import ConfigError
+from pyro_vae.objectives import NegativeELBO
 from pyro_vae.runs import estimate_run, load_run
+from pyro_vae.train import TrainingDiverged
 
 
 def small_config(epochs=2, **train):
@@ -164,3 +166,57 @@ def test_a_checkpoint_that_would_run_code_is_refused(tmp_path):
     torch.save({"format_version": 1, "payload": RunsCodeOnLoad()}, path)
     with pytest.raises(CheckpointError, match="evil.pt: refused to load"):
         load_checkpoint(path)
+
+
+def test_divergence_stops_with_the_epoch_and_step_named_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
+    fit(small_config(epochs=1), tmp_path, progress=False)
+    good = (tmp_path / "checkpoints" / "last.pt").read_bytes()
+    calls = {"n": 0}
+    original = NegativeELBO.forward
+
+    def poisoned(self, x, y=None):
+        calls["n"] += 1
+        loss = original(self, x, y)
+        return loss * float("nan") if calls["n"] == 3 else loss
+
+    monkeypatch.setattr(NegativeELBO, "forward", poisoned)
+    config = RunConfig.load(tmp_path / "config.json")
+    config.train.epochs = 2
+    with pytest.raises(TrainingDiverged, match=r"epoch 2 at step 78: .*last good checkpoint .* \(epoch 1\).*--lr"), \
+            pytest.warns(UserWarning, match="Encountered NaN"):  # Pyro's own warning, under validation
+        fit(config, tmp_path, resume=True, progress=False)
+    assert (tmp_path / "checkpoints" / "last.pt").read_bytes() == good
+    assert [m["epoch"] for m in read_metrics(tmp_path)] == [1]
+
+
+def test_resume_with_a_checkpoint_of_another_architecture_names_the_difference(tmp_path):
+    fit(small_config(epochs=1), tmp_path, progress=False)
+    edited = json.loads((tmp_path / "config.json").read_text())
+    edited["model"]["z_dim"] = 16
+    (tmp_path / "config.json").write_text(json.dumps(edited))
+    with pytest.raises(ConfigError, match=r"model.z_dim: checkpoint 8, requested 16"):
+        fit(RunConfig.load(tmp_path / "config.json"), tmp_path, resume=True, progress=False)
+    with pytest.raises(ConfigError, match=r"model.z_dim: checkpoint 8, requested 16"):
+        load_run(tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["model"]["z_dim"] == 16  # left as the user had it
+
+
+def test_a_crash_while_writing_a_checkpoint_leaves_the_previous_one(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    save_checkpoint({"epoch": 1, "weights": torch.ones(3)}, path)
+
+    def crash_halfway(obj, handle):
+        handle.write(b"PK\x03\x04 half a checkpoint")
+        raise OSError("disk died")
+
+    monkeypatch.setattr(torch, "save", crash_halfway)
+    with pytest.raises(OSError, match="disk died"):
+        save_checkpoint({"epoch": 2, "weights": torch.zeros(3)}, path)
+    assert load_checkpoint(path)["epoch"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+def test_detect_anomaly_runs_training_under_torch_anomaly_detection(tmp_path):
+    with pytest.warns(UserWarning, match="Anomaly Detection has been enabled"):
+        result = fit(small_config(epochs=1), tmp_path, progress=False, detect_anomaly=True)
+    assert result.best_epoch == 1
