@@ -44,20 +44,29 @@ _positive_int = _int_at_least(1)
 _non_negative_int = _int_at_least(0)
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
-    return value
+def _float_above(minimum: float, inclusive: bool):
+    """An argparse type: a number > ``minimum`` (or >= when ``inclusive``), with a message naming the value."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not (value >= minimum if inclusive else value > minimum):
+            raise argparse.ArgumentTypeError(f"must be {'>=' if inclusive else '>'} {minimum:g}, got {value}")
+        return value
+
+    return parse
+
+
+_positive_float = _float_above(0.0, inclusive=False)
+_non_negative_float = _float_above(0.0, inclusive=True)
 
 
 # Settings that define a run: fixed once it started, so --resume refuses them.
-TRAIN_SETTINGS = ("dataset", "data_dir", "binarize", "valid_size", "download", "model", "arch", "hidden_dim",
-                  "z_dim", "likelihood", "gaussian_scale", "objective", "num_particles", "beta", "kl_warmup_epochs", "batch_size",
-                  "eval_batch_size", "lr", "seed", "device")
+TRAIN_SETTINGS = ("dataset", "data_dir", "binarize", "valid_size", "download", "labels", "model", "arch",
+                  "hidden_dim", "z_dim", "likelihood", "gaussian_scale", "objective", "num_particles", "beta",
+                  "kl_warmup_epochs", "aux_weight", "batch_size", "eval_batch_size", "lr", "seed", "device")
 
 
 def _add_train_parser(subparsers) -> argparse.ArgumentParser:
@@ -74,8 +83,11 @@ def _add_train_parser(subparsers) -> argparse.ArgumentParser:
     group.add_argument("--valid-size", type=_positive_int, default=data.valid_size,
                        help="validation images carved from train (default: one sixth of train)")
     group.add_argument("--no-download", dest="download", action="store_false", help="never try to download data")
+    group.add_argument("--labels", type=_positive_int, default=data.labels,
+                       help="--model ssvae: labelled training images, the same number per class (seeded)")
     group = parser.add_argument_group("model")
-    group.add_argument("--model", choices=cfg.MODELS, default=model.model)
+    group.add_argument("--model", choices=cfg.MODELS, default=model.model,
+                       help="vae, or ssvae: the semi-supervised M2 of Kingma et al. (2014), needs --labels")
     group.add_argument("--arch", choices=cfg.ARCHITECTURES, default=model.arch)
     group.add_argument("--hidden-dim", type=_positive_int, default=model.hidden_dim)
     group.add_argument("--z-dim", type=_positive_int, default=model.z_dim)
@@ -92,6 +104,8 @@ def _add_train_parser(subparsers) -> argparse.ArgumentParser:
                        help="weight of the KL term (beta-VAE); applied by scaling the latent sites")
     group.add_argument("--kl-warmup-epochs", type=_non_negative_int, default=train.kl_warmup_epochs,
                        help="anneal the KL weight linearly from 0 to --beta over this many epochs")
+    group.add_argument("--aux-weight", type=_non_negative_float, default=train.aux_weight,
+                       help="--model ssvae: weight alpha of the classifier term alpha * log q(y|x) per labelled image")
     group.add_argument("--epochs", type=_positive_int, default=None,
                        help=f"training epochs (default {train.epochs}; with --resume, the new total)")
     group.add_argument("--batch-size", type=_positive_int, default=train.batch_size)
@@ -172,11 +186,11 @@ def _run_train(args: argparse.Namespace, train_parser: argparse.ArgumentParser) 
     else:
         config = cfg.RunConfig(
             data=cfg.DataConfig(dataset=args.dataset, data_dir=args.data_dir, binarize=args.binarize,
-                                valid_size=args.valid_size, download=args.download),
+                                valid_size=args.valid_size, download=args.download, labels=args.labels),
             model=cfg.ModelConfig(model=args.model, arch=args.arch, hidden_dim=args.hidden_dim, z_dim=args.z_dim,
                                   likelihood=args.likelihood, gaussian_scale=args.gaussian_scale),
             train=cfg.TrainConfig(objective=args.objective, num_particles=args.num_particles, beta=args.beta,
-                                  kl_warmup_epochs=args.kl_warmup_epochs,
+                                  kl_warmup_epochs=args.kl_warmup_epochs, aux_weight=args.aux_weight,
                                   epochs=args.epochs or DEFAULTS.train.epochs, batch_size=args.batch_size,
                                   eval_batch_size=args.eval_batch_size, lr=args.lr, seed=args.seed,
                                   device=args.device),

@@ -12,7 +12,7 @@ DATASETS = ("mnist", "fashion-mnist", "binarized-mnist", "mnist-sample")
 BINARIZATIONS = ("dynamic", "static", "threshold", "none")
 LIKELIHOODS = ("bernoulli", "gaussian", "continuous-bernoulli")
 ARCHITECTURES = ("mlp", "conv")
-MODELS = ("vae",)
+MODELS = ("vae", "ssvae")
 OBJECTIVES = ("elbo", "meanfield", "iwae")
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -35,6 +35,7 @@ class DataConfig:
     binarize: str = "auto"
     valid_size: int | None = None
     download: bool = True
+    labels: int | None = None  # --model ssvae: size of the class-balanced labelled subset of train
 
 
 @dataclass
@@ -63,6 +64,7 @@ class TrainConfig:
     lr: float = 1e-3
     seed: int = 0
     device: str = "auto"
+    aux_weight: float = 50.0  # --model ssvae: weight of the classifier term log q(y|x) per labelled image
 
 
 @dataclass
@@ -136,11 +138,31 @@ class RunConfig:
                 raise ConfigError("--gaussian-scale applies only to --likelihood gaussian")
             if not self.model.gaussian_scale > 0:
                 raise ConfigError(f"--gaussian-scale must be positive, got {self.model.gaussian_scale}")
+        self._validate_semisupervised()
         if self.model.likelihood != "bernoulli" and self.data.binarize not in ("auto", "none"):
             raise ConfigError(
                 f"--likelihood {self.model.likelihood} models grey-scale pixels, so --binarize "
                 f"{self.data.binarize} would throw information away; use --binarize none or --likelihood bernoulli"
             )
+
+
+    def _validate_semisupervised(self) -> None:
+        if self.model.model != "ssvae":
+            if self.data.labels is not None:
+                raise ConfigError("--labels chooses the labelled subset of --model ssvae; drop it or add --model ssvae")
+            return
+        if self.data.labels is None:
+            raise ConfigError("--model ssvae needs --labels N, the number of labelled training images (e.g. 100)")
+        _at_least("--labels", self.data.labels, 1)
+        if not self.train.aux_weight >= 0:
+            raise ConfigError(f"--aux-weight must be >= 0, got {self.train.aux_weight}")
+        unsupported = {"--arch": (self.model.arch, "mlp"), "--likelihood": (self.model.likelihood, "bernoulli"),
+                       "--objective": (self.train.objective, "elbo"), "--beta": (self.train.beta, 1.0),
+                       "--kl-warmup-epochs": (self.train.kl_warmup_epochs, 0), "--num-particles": (self.train.num_particles, 1)}
+        for flag, (value, supported) in unsupported.items():
+            if value != supported:
+                raise ConfigError(f"--model ssvae supports only {flag} {supported} (it trains with TraceEnum_ELBO, "
+                                  f"labels enumerated), got {value!r}")
 
 
 def config_differences(requested: RunConfig, saved: RunConfig, ignore: tuple[str, ...] = ()) -> list[str]:

@@ -39,6 +39,18 @@ class MLPDecoder(nn.Module):
         return self.logits(F.softplus(self.hidden(z)))
 
 
+class MLPClassifier(nn.Module):
+    """x -> class logits, through one softplus hidden layer."""
+
+    def __init__(self, x_dim: int, hidden_dim: int, num_classes: int) -> None:
+        super().__init__()
+        self.hidden = nn.Linear(x_dim, hidden_dim)
+        self.logits = nn.Linear(hidden_dim, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.logits(F.softplus(self.hidden(x)))
+
+
 class ConvEncoder(nn.Module):
     """28x28 image -> (loc, scale): two stride-2 convolutions (28 -> 14 -> 7), then an MLP head."""
 

@@ -134,7 +134,25 @@ class NegativeELBO(nn.Module):
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         with ScaleLatents(self.kl_weight) if self.kl_weight != 1.0 else nullcontext():
-            return self.elbo.differentiable_loss(self.model.model, self.model.guide, x, y)
+            loss = self.elbo.differentiable_loss(self.model.model, self.model.guide, x, y)
+        self._last_loss, self._last_num_images = loss.detach(), x.shape[0]
+        return loss
+
+    @staticmethod
+    def num_images(x: torch.Tensor, y: torch.Tensor | None = None) -> int:
+        return x.shape[0]
+
+    def last_statistics(self) -> torch.Tensor:
+        """The last batch's summed loss, log p(x|z) and KL (see :func:`_terms_from_traces`), and its size."""
+        reconstruction, kl = self.elbo.last_terms()
+        return torch.stack([self._last_loss, reconstruction, kl, torch.full_like(kl, self._last_num_images)])
+
+    @staticmethod
+    def epoch_summary(totals: list[float]) -> dict[str, float]:
+        """Per-image means of an epoch's summed statistics; ``elbo`` is unweighted by beta."""
+        loss, reconstruction, kl, count = totals
+        return {"loss": loss / count, "elbo": (reconstruction - kl) / count, "reconstruction": reconstruction / count,
+                "kl": kl / count}
 
 
 def kl_weight_at(step: int, steps_per_epoch: int, beta: float, warmup_epochs: int) -> float:

@@ -20,6 +20,7 @@ from .devices import resolve_device
 from .evaluate import (active_units, bits_per_dim, dataset_elbo_terms, dataset_log_likelihood,
                        mean_and_standard_error, posterior_means)
 from .models import build_model
+from .semisupervised import classification_accuracy
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
@@ -103,6 +104,10 @@ def estimate_run(
     seed = run.config.train.seed
     pyro.set_rng_seed(seed)
     images, labels = evaluation_split(run.dataset, split, run.config.data.binarize, seed)
+    semisupervised = run.config.model.model == "ssvae"
+    accuracy = classification_accuracy(run.model, images, labels, batch_size) if semisupervised else None
+    if semisupervised:  # score log p(x): the label is a latent, proposed by q(y|x)
+        labels = None
     per_datapoint = dataset_elbo_terms(run.model, images, labels, batch_size=batch_size,
                                        num_particles=num_particles, progress=progress)
     ks = iwae_ks_for(num_samples)
@@ -132,6 +137,8 @@ def estimate_run(
         iwae_bounds={str(k): per_datapoint[f"iwae_{k}"].double().mean().item() for k in ks},
         seconds=time.perf_counter() - started,
     )
+    if semisupervised:
+        summary["accuracy"] = accuracy
     return summary, per_datapoint
 
 

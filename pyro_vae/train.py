@@ -14,6 +14,7 @@ from typing import Any
 
 import pyro
 import torch
+from torch import nn
 from tqdm.auto import tqdm
 
 from .batches import EpochBatches
@@ -23,6 +24,8 @@ from .devices import resolve_device
 from .evaluate import dataset_elbo_terms
 from .models import build_model
 from .objectives import NegativeELBO, kl_weight_at, make_objective
+from .semisupervised import (SemiSupervisedBatches, SemiSupervisedLoss, balanced_labelled_indices,
+                             semisupervised_scores)
 from .run_data import load_run_data
 from .runs import (BEST_CHECKPOINT, CONFIG_FILE, LAST_CHECKPOINT, METRICS_FILE, SUMMARY_FILE, evaluation_split,
                    summarize_terms)
@@ -82,10 +85,9 @@ def fit(config: RunConfig, run_dir: str | Path, *, resume: bool = False, overwri
                 len(dataset.test_images), config.data.binarize)
 
     model = build_model(config.model, x_dim=dataset.train_images.shape[1]).to(device)
-    elbo = make_objective(train_config.objective, train_config.num_particles)
-    loss_module = NegativeELBO(model, elbo)
+    loss_module, batches = _loss_and_batches(config, dataset, model)
     optimizer = torch.optim.Adam(model.parameters(), lr=train_config.lr)
-    state: dict[str, Any] = {"epoch": 0, "step": 0, "best_valid_elbo": -math.inf, "best_epoch": 0}
+    state: dict[str, Any] = {"epoch": 0, "step": 0, "best_valid_score": -math.inf, "best_epoch": 0}
     if resume:
         state = _restore(run_dir, config, model, optimizer, device)
         _truncate_metrics(run_dir / METRICS_FILE, state["epoch"])
@@ -95,45 +97,71 @@ def fit(config: RunConfig, run_dir: str | Path, *, resume: bool = False, overwri
     run_dir.mkdir(parents=True, exist_ok=True)
     config.save(run_dir / CONFIG_FILE)
 
-    batches = EpochBatches(dataset.train_images, dataset.train_labels, train_config.batch_size,
-                           config.data.binarize, train_config.seed)
-    valid_images, valid_labels = evaluation_split(dataset, "valid", config.data.binarize, train_config.seed)
-
     anomaly_detection = torch.autograd.detect_anomaly() if detect_anomaly else nullcontext()
     with anomaly_detection:
         for epoch in range(state["epoch"] + 1, train_config.epochs + 1):
-            _run_epoch(epoch, state, run_dir, config, dataset, model, loss_module, optimizer, batches,
-                       (valid_images, valid_labels), progress)
+            _run_epoch(epoch, state, run_dir, config, dataset, model, loss_module, optimizer, batches, progress)
 
-    return _summarize_run(run_dir, config, dataset, model, device)
+    return _summarize_run(run_dir, config, dataset, model, loss_module, device)
 
 
-def _train_steps(epoch: int, first_step: int, loss_module: NegativeELBO, optimizer, batches: EpochBatches,
-                 train_config, progress: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """One pass over the training data. Returns the summed (loss, log p(x|z), KL) and the first
-    step (counted from 1 over the run) whose loss was not finite, inf if none; both stay on the
-    device, so there is no per-step host synchronisation."""
-    elbo = loss_module.elbo
-    device = batches.images.device
-    totals = torch.zeros(3, device=device)
+def _loss_and_batches(config: RunConfig, dataset, model) -> tuple[nn.Module, EpochBatches | SemiSupervisedBatches]:
+    """The loss module the optimizer minimises and the training batches it is fed, for the configured model."""
+    train_config = config.train
+    if config.model.model == "ssvae":
+        if dataset.train_labels is None:
+            raise ConfigError(f"--model ssvae needs labels but {dataset.name} has none; use --dataset mnist, "
+                              "fashion-mnist or mnist-sample")
+        labelled = balanced_labelled_indices(dataset.train_labels, config.data.labels, model.num_classes,
+                                             train_config.seed)
+        batches = SemiSupervisedBatches(dataset.train_images, dataset.train_labels, labelled,
+                                        train_config.batch_size, config.data.binarize, train_config.seed)
+        return SemiSupervisedLoss(model, train_config.aux_weight, batches.labelled_scale), batches
+    batches = EpochBatches(dataset.train_images, dataset.train_labels, train_config.batch_size,
+                           config.data.binarize, train_config.seed)
+    return NegativeELBO(model, make_objective(train_config.objective, train_config.num_particles)), batches
+
+
+def selection_metric(config: RunConfig) -> str:
+    """The validation score that picks ``best.pt``: accuracy for M2, the ELBO otherwise."""
+    return "accuracy" if config.model.model == "ssvae" else "elbo"
+
+
+def score_split(config: RunConfig, model, loss_module, images: torch.Tensor, labels: torch.Tensor | None
+                ) -> dict[str, float]:
+    """Held-out scores of a split: the ELBO terms; for M2 its accuracy and the unlabelled ELBO."""
+    batch_size = config.train.eval_batch_size
+    if isinstance(loss_module, SemiSupervisedLoss):
+        return semisupervised_scores(loss_module, images, labels, batch_size)
+    return summarize_terms(dataset_elbo_terms(model, images, labels, batch_size=batch_size))
+
+
+def _train_steps(epoch: int, first_step: int, loss_module, optimizer, batches, train_config,
+                 progress: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """One pass over the training data. Returns the loss module's statistics summed over the epoch
+    and the first step (counted from 1 over the run) whose loss was not finite, inf if none; both
+    stay on the device, so there is no per-step host synchronisation."""
+    device = next(loss_module.parameters()).device
+    totals = None
     step_counter = torch.full((), float(first_step), device=device)
     first_nonfinite_step = torch.full((), math.inf, device=device)
     bar = tqdm(batches.epoch(epoch), total=len(batches), desc=f"epoch {epoch}", leave=False,
                disable=not progress or None)
-    for step, (x, y) in enumerate(bar, start=first_step):
-        loss_module.kl_weight = kl_weight_at(step, len(batches), train_config.beta, train_config.kl_warmup_epochs)
+    for step, batch in enumerate(bar, start=first_step):
+        if isinstance(loss_module, NegativeELBO):
+            loss_module.kl_weight = kl_weight_at(step, len(batches), train_config.beta, train_config.kl_warmup_epochs)
         try:
-            loss = loss_module(x, y)
+            loss = loss_module(*batch)
         except ValueError:  # distribution validation meets NaN parameters before the loss can
             if _parameters_finite(loss_module.model):
                 raise
             first_nonfinite_step.clamp_(max=step + 1)
             break
         optimizer.zero_grad(set_to_none=True)
-        (loss / x.shape[0]).backward()
+        (loss / loss_module.num_images(*batch)).backward()
         optimizer.step()
-        reconstruction, kl = elbo.last_terms()
-        totals += torch.stack([loss.detach(), reconstruction, kl])
+        statistics = loss_module.last_statistics()
+        totals = statistics if totals is None else totals + statistics
         step_counter += 1
         first_nonfinite_step = torch.where(torch.isfinite(loss.detach()), first_nonfinite_step,
                                            torch.minimum(first_nonfinite_step, step_counter))
@@ -141,7 +169,7 @@ def _train_steps(epoch: int, first_step: int, loss_module: NegativeELBO, optimiz
 
 
 def _run_epoch(epoch: int, state: dict[str, Any], run_dir: Path, config: RunConfig, dataset, model,
-               loss_module: NegativeELBO, optimizer, batches: EpochBatches, valid_split, progress: bool) -> None:
+               loss_module, optimizer, batches, progress: bool) -> None:
     """Train one epoch, score validation, append metrics, then checkpoint (last, and best if improved)."""
     started = time.perf_counter()
     train_config = config.train
@@ -150,22 +178,25 @@ def _run_epoch(epoch: int, state: dict[str, Any], run_dir: Path, config: RunConf
                                                 train_config, progress)
     _stop_if_diverged(first_nonfinite_step, model, epoch, state, run_dir)
     state["step"] += len(batches)
-    train_loss, train_reconstruction, train_kl = (totals / len(dataset.train_images)).tolist()
+    train = loss_module.epoch_summary(totals.tolist())
 
     model.eval()
-    valid = summarize_terms(dataset_elbo_terms(model, *valid_split, batch_size=train_config.eval_batch_size))
-    improved = valid["elbo"] > state["best_valid_elbo"]
+    splits = ("valid", "test") if isinstance(loss_module, SemiSupervisedLoss) else ("valid",)
+    scores = {split: score_split(config, model, loss_module,
+                                 *evaluation_split(dataset, split, config.data.binarize, train_config.seed))
+              for split in splits}
+    valid_score = scores["valid"][selection_metric(config)]
+    improved = valid_score > state["best_valid_score"]
     if improved:
-        state["best_valid_elbo"], state["best_epoch"] = valid["elbo"], epoch
+        state["best_valid_score"], state["best_epoch"] = valid_score, epoch
     record = {
         "epoch": epoch,
         "step": state["step"],
         "seconds": time.perf_counter() - started,
         "objective": train_config.objective,
-        "kl_weight": loss_module.kl_weight,
-        "train": {"loss": train_loss, "elbo": train_reconstruction - train_kl,
-                  "reconstruction": train_reconstruction, "kl": train_kl},
-        "valid": valid,
+        "kl_weight": getattr(loss_module, "kl_weight", 1.0),
+        "train": train,
+        **scores,
         "best": improved,
     }
     with open(run_dir / METRICS_FILE, "a") as handle:
@@ -175,11 +206,19 @@ def _run_epoch(epoch: int, state: dict[str, Any], run_dir: Path, config: RunConf
     save_checkpoint(checkpoint, run_dir / LAST_CHECKPOINT)
     if improved:
         save_checkpoint(checkpoint, run_dir / BEST_CHECKPOINT)
-    logger.info(
-        "epoch %3d/%d  train -ELBO %.2f (recon %.2f + KL %.2f)  valid -ELBO %.2f (recon %.2f + KL %.2f)  %.1fs%s",
-        epoch, train_config.epochs, -record["train"]["elbo"], -train_reconstruction, train_kl,
-        -valid["elbo"], -valid["reconstruction"], valid["kl"], record["seconds"], "  *" if improved else "",
-    )
+    logger.info("epoch %3d/%d  %s  %.1fs%s", epoch, train_config.epochs, _describe_epoch(record), record["seconds"],
+                "  *" if improved else "")
+
+
+def _describe_epoch(record: dict[str, Any]) -> str:
+    train, valid = record["train"], record["valid"]
+    if "accuracy" in valid:
+        return (f"train loss {train['loss']:.2f} (unlabelled -ELBO {train['unsupervised']:.2f}, labelled -ELBO "
+                f"{train['supervised']:.2f}, classifier {train['classification']:.2f})  valid -ELBO "
+                f"{-valid['elbo']:.2f} accuracy {100 * valid['accuracy']:.2f}%  test accuracy "
+                f"{100 * record['test']['accuracy']:.2f}%")
+    return (f"train -ELBO {-train['elbo']:.2f} (recon {-train['reconstruction']:.2f} + KL {train['kl']:.2f})  "
+            f"valid -ELBO {-valid['elbo']:.2f} (recon {-valid['reconstruction']:.2f} + KL {valid['kl']:.2f})")
 
 
 class TrainingDiverged(RuntimeError):
@@ -225,7 +264,7 @@ def _restore(run_dir: Path, config: RunConfig, model, optimizer, device: torch.d
     model.load_state_dict(checkpoint["model"])
     optimizer.load_state_dict(checkpoint["optimizer"])
     restore_rng_states(checkpoint["rng"])
-    return {key: checkpoint[key] for key in ("epoch", "step", "best_valid_elbo", "best_epoch")}
+    return {key: checkpoint[key] for key in ("epoch", "step", "best_valid_score", "best_epoch")}
 
 
 def _truncate_metrics(path: Path, last_epoch: int) -> None:
@@ -237,20 +276,23 @@ def _truncate_metrics(path: Path, last_epoch: int) -> None:
     path.write_text("".join(line + "\n" for line in kept))
 
 
-def _summarize_run(run_dir: Path, config: RunConfig, dataset, model, device) -> FitResult:
+def _summarize_run(run_dir: Path, config: RunConfig, dataset, model, loss_module, device) -> FitResult:
     """Score the best checkpoint on validation and test; write and return the summary."""
     best = load_checkpoint(run_dir / BEST_CHECKPOINT, map_location=device)
     model.load_state_dict(best["model"])
     model.eval()
-    scores = {}
-    for split in ("valid", "test"):
-        images, labels = evaluation_split(dataset, split, config.data.binarize, config.train.seed)
-        scores[split] = summarize_terms(dataset_elbo_terms(model, images, labels,
-                                                           batch_size=config.train.eval_batch_size))
+    scores = {split: score_split(config, model, loss_module,
+                                 *evaluation_split(dataset, split, config.data.binarize, config.train.seed))
+              for split in ("valid", "test")}
     result = FitResult(run_dir=run_dir, best_epoch=best["best_epoch"], valid=scores["valid"], test=scores["test"])
     summary = {"best_epoch": result.best_epoch, "dataset": config.data.dataset,
                "binarization": config.data.binarize, "valid": result.valid, "test": result.test}
     (run_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
-    logger.info("best epoch %d: test -ELBO %.2f (recon %.2f + KL %.2f) nats per image",
-                result.best_epoch, -result.test["elbo"], -result.test["reconstruction"], result.test["kl"])
+    if "accuracy" in result.test:
+        logger.info("best epoch %d: test accuracy %.2f%% (error %.2f%%), test -ELBO %.2f nats per image",
+                    result.best_epoch, 100 * result.test["accuracy"], 100 * (1 - result.test["accuracy"]),
+                    -result.test["elbo"])
+    else:
+        logger.info("best epoch %d: test -ELBO %.2f (recon %.2f + KL %.2f) nats per image",
+                    result.best_epoch, -result.test["elbo"], -result.test["reconstruction"], result.test["kl"])
     return result

@@ -81,3 +81,19 @@ def test_benchmark_log_likelihood_reports_the_ratio(tmp_path):
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["ratio"] > 0 and report["num_samples"] == 6 and report["device"]
+
+
+@pytest.mark.slow
+def test_ssvae_label_sweep_writes_the_table_and_the_sample_figure(tmp_path):
+    result = run_script("ssvae_label_sweep.py", "--dataset", "mnist-sample", "--no-download", "--labels", "20", "50",
+                        "--seeds", "0", "1", "--epochs", "1", "--hidden-dim", "16", "--z-dim", "4", "--device", "cpu",
+                        "--out", tmp_path / "sweep", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    table = (tmp_path / "sweep" / "error_table.md").read_text()
+    rows = [line for line in table.splitlines() if line.startswith("| 20 |") or line.startswith("| 50 |")]
+    assert len(rows) == 2 and all("| 2 |" in row and "±" in row for row in rows)
+    assert "11.97" not in table  # no published figure for 20 or 50 labels
+    summary = json.loads((tmp_path / "sweep" / "labels50-seed1" / "summary.json").read_text())
+    assert 0 <= summary["test"]["accuracy"] <= 1
+    png = (tmp_path / "sweep" / "class_conditional_samples.png").read_bytes()
+    assert png.startswith(b"\x89PNG")

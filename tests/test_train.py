@@ -53,11 +53,11 @@ def test_run_directory_holds_config_metrics_checkpoints_and_summary(trained_run)
     run_dir, _ = trained_run
     config = json.loads((run_dir / "config.json").read_text())
     assert config["data"] == {"dataset": "mnist-sample", "data_dir": str(Path("data").resolve()),
-                              "binarize": "dynamic", "valid_size": 500, "download": False}
+                              "binarize": "dynamic", "valid_size": 500, "download": False, "labels": None}
     assert RunConfig.from_dict(config).model == ModelConfig(hidden_dim=64, z_dim=8)
     last = load_checkpoint(run_dir / "checkpoints" / "last.pt")
     assert last["epoch"] == 3 and last["step"] == 3 * 75
-    assert set(last) >= {"model", "optimizer", "rng", "config", "best_epoch", "best_valid_elbo"}
+    assert set(last) >= {"model", "optimizer", "rng", "config", "best_epoch", "best_valid_score"}
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["best_epoch"] == load_checkpoint(run_dir / "checkpoints" / "best.pt")["epoch"]
 

@@ -1,0 +1,43 @@
+"""Figures as matplotlib objects (no pyplot, no display needed); the caller decides where to save them."""
+
+from __future__ import annotations
+
+import torch
+from matplotlib.figure import Figure
+
+from .models.ssvae import SSVAE
+
+
+def image_grid(images: torch.Tensor, num_rows: int, image_shape: tuple[int, int] = (28, 28),
+               row_labels: list[str] | None = None, title: str | None = None) -> Figure:
+    """Images (flat, values in [0, 1]) in a grid of ``num_rows`` rows, black on white as digits are drawn."""
+    num_columns = -(-len(images) // num_rows)
+    height, width = image_shape
+    canvas = torch.ones(num_rows * height, num_columns * width)
+    for index, image in enumerate(images.detach().float().cpu()):
+        row, column = divmod(index, num_columns)
+        canvas[row * height:(row + 1) * height, column * width:(column + 1) * width] = image.reshape(height, width)
+    figure = Figure(figsize=(0.5 * num_columns + (0.6 if row_labels else 0.2), 0.5 * num_rows + 0.4))
+    axes = figure.add_subplot()
+    axes.imshow(canvas.numpy(), cmap="gray_r", vmin=0.0, vmax=1.0, interpolation="nearest")
+    axes.set_xticks([])
+    if row_labels:
+        axes.set_yticks([(row + 0.5) * height for row in range(num_rows)], labels=row_labels)
+        axes.tick_params(length=0)
+    else:
+        axes.set_yticks([])
+    if title:
+        axes.set_title(title, fontsize=9)
+    figure.tight_layout()
+    return figure
+
+
+@torch.no_grad()
+def class_conditional_grid(model: SSVAE, num_columns: int = 10, seed: int = 0) -> Figure:
+    """Means of p(x|y, z): one row per class y, one style z ~ p(z) per column, shared down the column."""
+    generator = torch.Generator().manual_seed(seed)
+    styles = torch.randn(num_columns, model.z_dim, generator=generator).to(next(model.parameters()).device)
+    labels = torch.arange(model.num_classes, device=styles.device).repeat_interleave(num_columns)
+    images = model.sample_images(labels, styles.repeat(model.num_classes, 1))
+    return image_grid(images, model.num_classes, row_labels=[str(c) for c in range(model.num_classes)],
+                      title="p(x | y, z): a row per class y, a style z per column")

@@ -1,0 +1,175 @@
+"""Semi-supervised training of M2: the labelled subset, paired batches, the enumerated loss, accuracy."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from pyro.infer import config_enumerate
+from pyro.infer import Trace_ELBO, TraceEnum_ELBO
+from torch import nn
+
+from .batches import evaluation_batches, fixed_binarization
+from .config import ConfigError
+from .models.ssvae import SSVAE
+
+# Statistics the loss keeps per step, summed over an epoch.
+_LOSS, _UNSUPERVISED, _NUM_UNLABELLED, _SUPERVISED, _NUM_LABELLED, _CLASSIFICATION, _CORRECT = range(7)
+
+
+def balanced_labelled_indices(labels: torch.Tensor, num_labels: int, num_classes: int, seed: int) -> torch.Tensor:
+    """Indices of ``num_labels`` training images, ``num_labels / num_classes`` of each class, seeded.
+
+    Raises :class:`~pyro_vae.config.ConfigError` when the count does not divide evenly into the
+    classes or a class has too few images.
+    """
+    if num_labels % num_classes:
+        raise ConfigError(f"--labels {num_labels} does not split evenly into {num_classes} classes; "
+                          f"use a multiple of {num_classes}")
+    per_class = num_labels // num_classes
+    generator = torch.Generator().manual_seed(seed)
+    labels = labels.cpu()
+    chosen = []
+    for label in range(num_classes):
+        members = torch.nonzero(labels == label).flatten()
+        if len(members) < per_class:
+            raise ConfigError(f"--labels {num_labels} asks for {per_class} images of class {label} but the "
+                              f"training split has {len(members)}; use --labels <= {num_classes * len(members)}")
+        chosen.append(members[torch.randperm(len(members), generator=generator)[:per_class]])
+    return torch.cat(chosen).sort().values
+
+
+class SemiSupervisedBatches:
+    """Each step: one batch of unlabelled images and one of labelled images with their labels.
+
+    An epoch is one pass over the unlabelled images; the (usually much smaller) labelled subset is
+    reshuffled whenever it is used up. Orders and dynamic binarization depend only on (seed, epoch).
+    :attr:`labelled_scale` weights the labelled batches so that an epoch's labelled terms add up
+    to one pass over the labelled subset, as in Kingma et al.'s objective, however often each
+    labelled image is drawn.
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, labelled: torch.Tensor, batch_size: int,
+                 binarize: str, seed: int) -> None:
+        labelled = labelled.to(images.device)
+        is_labelled = torch.zeros(len(images), dtype=torch.bool, device=images.device)
+        is_labelled[labelled] = True
+        self.dynamic = binarize == "dynamic"
+        images = images if self.dynamic else fixed_binarization(images, binarize, seed)
+        self.unlabelled_images = images[~is_labelled]
+        self.labelled_images, self.labelled_labels = images[labelled], labels[labelled]
+        if len(self.unlabelled_images) == 0:
+            raise ConfigError(f"--labels {len(labelled)} labels every training image; leave some unlabelled")
+        self.batch_size = batch_size
+        self.labelled_batch_size = min(batch_size, len(labelled))
+        self.seed = seed
+        self.labelled_scale = len(labelled) / (len(self) * self.labelled_batch_size)
+
+    def __len__(self) -> int:
+        return -(-len(self.unlabelled_images) // self.batch_size)
+
+    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Yield ``(unlabelled x, labelled x, labels)`` for every step of ``epoch``."""
+        seed = self.seed * 1_000_003 + epoch
+        order_generator = torch.Generator().manual_seed(seed)
+        device = self.unlabelled_images.device
+        pixel_generator = torch.Generator(device=device).manual_seed(seed) if self.dynamic else None
+        order = torch.randperm(len(self.unlabelled_images), generator=order_generator).to(device)
+        labelled_order = torch.empty(0, dtype=torch.long, device=device)
+        for start in range(0, len(order), self.batch_size):
+            if len(labelled_order) < self.labelled_batch_size:
+                fresh = torch.randperm(len(self.labelled_images), generator=order_generator).to(device)
+                labelled_order = torch.cat([labelled_order, fresh])
+            labelled_index, labelled_order = (labelled_order[: self.labelled_batch_size],
+                                              labelled_order[self.labelled_batch_size :])
+            x_unlabelled = self.unlabelled_images[order[start : start + self.batch_size]]
+            x_labelled = self.labelled_images[labelled_index]
+            if self.dynamic:
+                x_unlabelled = torch.bernoulli(x_unlabelled, generator=pixel_generator)
+                x_labelled = torch.bernoulli(x_labelled, generator=pixel_generator)
+            yield x_unlabelled, x_labelled, self.labelled_labels[labelled_index]
+
+
+class SemiSupervisedLoss(nn.Module):
+    """Kingma et al.'s M2 objective (2014, eq. 9) as a loss module, summed over a step's images:
+
+    -ELBO(x_u) with y enumerated exactly (``TraceEnum_ELBO``)
+    + labelled_scale * [-ELBO(x_l, y_l) + aux_weight * -log q(y_l|x_l)].
+
+    ``forward(x_unlabelled, x_labelled, y_labelled)`` returns that sum; :meth:`last_statistics`
+    the step's unweighted summed terms and counts, for per-epoch metrics without a host
+    synchronisation. ``labelled_scale`` comes from :class:`SemiSupervisedBatches`.
+    """
+
+    def __init__(self, model: SSVAE, aux_weight: float, labelled_scale: float = 1.0) -> None:
+        super().__init__()
+        self.model = model
+        self.aux_weight = aux_weight
+        self.labelled_scale = labelled_scale
+        self.enumerated_guide = config_enumerate(model.guide, "parallel")
+        self.enum_elbo = TraceEnum_ELBO(max_plate_nesting=1)
+        self.elbo = Trace_ELBO(max_plate_nesting=1)
+        self._statistics = torch.zeros(7)
+
+    def unsupervised_loss(self, x: torch.Tensor) -> torch.Tensor:
+        """-ELBO of unlabelled images, the label summed out under q(y|x), summed over the batch."""
+        return self.enum_elbo.differentiable_loss(self.model.model, self.enumerated_guide, x)
+
+    def supervised_loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """-ELBO of labelled images (log p(x, y) bound), summed over the batch."""
+        return self.elbo.differentiable_loss(self.model.model, self.model.guide, x, y)
+
+    def classification_loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """-aux_weight * log q(y|x), summed over the batch."""
+        return self.elbo.differentiable_loss(self.model.classifier_model, self.model.classifier_guide, x, y,
+                                             self.aux_weight)
+
+    def forward(self, x_unlabelled: torch.Tensor, x_labelled: torch.Tensor, y_labelled: torch.Tensor) -> torch.Tensor:
+        unsupervised = self.unsupervised_loss(x_unlabelled)
+        supervised = self.supervised_loss(x_labelled, y_labelled)
+        classification = self.classification_loss(x_labelled, y_labelled)
+        loss = unsupervised + self.labelled_scale * (supervised + classification)
+        with torch.no_grad():
+            correct = (self.model.classifier(x_labelled).argmax(-1) == y_labelled).sum()
+            self._statistics = torch.stack([
+                loss.detach(), unsupervised.detach(), torch.tensor(float(len(x_unlabelled)), device=correct.device),
+                supervised.detach(), torch.tensor(float(len(x_labelled)), device=correct.device),
+                classification.detach(), correct.to(unsupervised.dtype),
+            ])
+        return loss
+
+    @staticmethod
+    def num_images(x_unlabelled: torch.Tensor, x_labelled: torch.Tensor, y_labelled: torch.Tensor) -> int:
+        """Images the loss is averaged over: the unlabelled ones (labelled terms are weighted into them)."""
+        return len(x_unlabelled)
+
+    def last_statistics(self) -> torch.Tensor:
+        return self._statistics
+
+    @staticmethod
+    def epoch_summary(totals: list[float]) -> dict[str, float]:
+        """Per-image means of an epoch's summed statistics; ``loss`` is the weighted objective per unlabelled image."""
+        num_unlabelled, num_labelled = totals[_NUM_UNLABELLED], totals[_NUM_LABELLED]
+        return {
+            "loss": totals[_LOSS] / num_unlabelled,
+            "unsupervised": totals[_UNSUPERVISED] / num_unlabelled,
+            "supervised": totals[_SUPERVISED] / num_labelled,
+            "classification": totals[_CLASSIFICATION] / num_labelled,
+            "labelled_accuracy": totals[_CORRECT] / num_labelled,
+        }
+
+
+@torch.no_grad()
+def classification_accuracy(model: SSVAE, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000) -> float:
+    """Fraction of images whose most probable class under q(y|x) is their label."""
+    correct = sum(int((model.predict(x) == y).sum()) for x, y in evaluation_batches(images, labels, batch_size))
+    return correct / len(images)
+
+
+def semisupervised_scores(loss: SemiSupervisedLoss, images: torch.Tensor, labels: torch.Tensor,
+                          batch_size: int = 1000) -> dict[str, float]:
+    """Accuracy of q(y|x) and the mean unlabelled ELBO (y enumerated) per image, nats."""
+    model, guide = loss.model.model, loss.enumerated_guide
+    total = sum(loss.enum_elbo.loss(model, guide, x) for x, _ in evaluation_batches(images, labels, batch_size))
+    return {"accuracy": classification_accuracy(loss.model, images, labels, batch_size),
+            "elbo": -total / len(images)}

@@ -1,0 +1,178 @@
+"""Semi-supervised M2: exact enumeration, the labelled subset, batches, and learning on the bundled sample."""
+
+import json
+import math
+
+import pyro
+import pytest
+import torch
+from pyro import poutine
+from pyro.infer import config_enumerate
+from torch.nn import functional as F
+
+from pyro_vae import DataConfig, ModelConfig, RunConfig, TrainConfig, estimate_run, fit, load_dataset
+from pyro_vae.config import ConfigError
+from pyro_vae.models import SSVAE
+from pyro_vae.plots import class_conditional_grid
+from pyro_vae.semisupervised import SemiSupervisedBatches, SemiSupervisedLoss, balanced_labelled_indices
+
+NUM_CLASSES = 10
+
+
+def normal_log_density(z, loc, scale):
+    return (-0.5 * ((z - loc) / scale) ** 2 - torch.log(scale) - 0.5 * math.log(2 * math.pi)).sum(-1)
+
+
+def labelled_elbo_by_hand(model, x, label, z):
+    """log p(x|y,z) + log p(y) + log p(z) - log q(z|x,y) for every image, class ``label``, style ``z``."""
+    one_hot = F.one_hot(torch.full((len(x),), label), NUM_CLASSES).float()
+    log_likelihood = -F.binary_cross_entropy_with_logits(model.decoder(torch.cat([z, one_hot], -1)), x,
+                                                         reduction="none").sum(-1)
+    loc, scale = model.encoder(torch.cat([x, one_hot], -1))
+    log_prior = normal_log_density(z, torch.zeros_like(z), torch.ones_like(z)) - math.log(NUM_CLASSES)
+    return log_likelihood + log_prior - normal_log_density(z, loc, scale)
+
+
+@pytest.fixture
+def tiny_model():
+    return SSVAE(x_dim=784, z_dim=3, hidden_dim=16)
+
+
+def test_enumerated_loss_equals_the_hand_summed_expectation_over_classes(tiny_model, binary_batch):
+    loss_module = SemiSupervisedLoss(tiny_model, aux_weight=1.0)
+    pyro.set_rng_seed(11)
+    loss = loss_module.unsupervised_loss(binary_batch)
+
+    pyro.set_rng_seed(11)
+    enumerated = poutine.enum(config_enumerate(tiny_model.guide, "parallel"), first_available_dim=-2)
+    z = poutine.trace(enumerated).get_trace(binary_batch).nodes["z"]["value"]
+    assert z.shape == (NUM_CLASSES, len(binary_batch), 3)  # one style per enumerated class
+    log_q_y = torch.log_softmax(tiny_model.classifier(binary_batch), -1)
+    by_class = torch.stack([labelled_elbo_by_hand(tiny_model, binary_batch, c, z[c]) for c in range(NUM_CLASSES)], -1)
+    elbo = (log_q_y.exp() * (by_class - log_q_y)).sum()
+    assert loss.item() == pytest.approx(-elbo.item(), rel=1e-5)
+
+
+def test_labelled_and_classifier_losses_equal_their_formulas(tiny_model, binary_batch):
+    labels = torch.arange(len(binary_batch)) % NUM_CLASSES
+    loss_module = SemiSupervisedLoss(tiny_model, aux_weight=7.0)
+    pyro.set_rng_seed(4)
+    supervised = loss_module.supervised_loss(binary_batch, labels)
+    pyro.set_rng_seed(4)
+    z = poutine.trace(tiny_model.guide).get_trace(binary_batch, labels).nodes["z"]["value"]
+    one_hot = F.one_hot(labels, NUM_CLASSES).float()
+    log_likelihood = -F.binary_cross_entropy_with_logits(tiny_model.decoder(torch.cat([z, one_hot], -1)),
+                                                         binary_batch, reduction="sum")
+    loc, scale = tiny_model.encoder(torch.cat([binary_batch, one_hot], -1))
+    log_prior = normal_log_density(z, 0 * z, 1 + 0 * z).sum() - len(z) * math.log(NUM_CLASSES)
+    expected = -(log_likelihood + log_prior - normal_log_density(z, loc, scale).sum())
+    assert supervised.item() == pytest.approx(expected.item(), rel=1e-5)
+
+    cross_entropy = F.cross_entropy(tiny_model.classifier(binary_batch), labels, reduction="sum")
+    assert loss_module.classification_loss(binary_batch, labels).item() == pytest.approx(7.0 * cross_entropy.item(),
+                                                                                        rel=1e-5)
+
+
+@pytest.fixture(scope="module")
+def sample_dataset():
+    return load_dataset("mnist-sample", download=False, valid_size=1000)
+
+
+def test_labelled_subset_is_class_balanced_seeded_and_disjoint_from_validation(sample_dataset):
+    labels = sample_dataset.train_labels
+    chosen = balanced_labelled_indices(labels, 100, NUM_CLASSES, seed=3)
+    assert len(chosen) == len(set(chosen.tolist())) == 100
+    assert torch.bincount(labels[chosen], minlength=NUM_CLASSES).tolist() == [10] * NUM_CLASSES
+    assert torch.equal(chosen, balanced_labelled_indices(labels, 100, NUM_CLASSES, seed=3))
+    assert not torch.equal(chosen, balanced_labelled_indices(labels, 100, NUM_CLASSES, seed=4))
+    labelled_images, valid_images = sample_dataset.train_images[chosen], sample_dataset.valid_images
+    same = (labelled_images[:, None, :] == valid_images[None, :, :]).all(-1)
+    assert not same.any()
+
+
+def test_labelled_subset_refuses_uneven_or_too_many_labels(sample_dataset):
+    with pytest.raises(ConfigError, match="does not split evenly into 10 classes"):
+        balanced_labelled_indices(sample_dataset.train_labels, 105, NUM_CLASSES, seed=0)
+    with pytest.raises(ConfigError, match="training split has"):
+        balanced_labelled_indices(sample_dataset.train_labels, 10_000, NUM_CLASSES, seed=0)
+
+
+def test_batches_cover_the_unlabelled_images_once_per_epoch_and_reproducibly(sample_dataset):
+    images, labels = sample_dataset.train_images[:1000], sample_dataset.train_labels[:1000]
+    chosen = balanced_labelled_indices(labels, 50, NUM_CLASSES, seed=0)
+    batches = SemiSupervisedBatches(images, labels, chosen, batch_size=128, binarize="threshold", seed=0)
+    epoch = list(batches.epoch(1))
+    assert len(epoch) == len(batches) == math.ceil(950 / 128)
+    unlabelled = torch.cat([x_u for x_u, _, _ in epoch])
+    assert unlabelled.shape == (950, 784)
+    expected = (images > 0.5).float()[torch.ones(1000, dtype=torch.bool).index_fill_(0, chosen, False)]
+    assert torch.equal(unlabelled.sum(0), expected.sum(0))  # the same images, in a shuffled order
+    for x_u, x_l, y_l in epoch:
+        assert x_l.shape == (50, 784) and y_l.shape == (50,)
+        assert torch.bincount(y_l, minlength=NUM_CLASSES).tolist() == [5] * NUM_CLASSES  # the whole subset
+    again = list(batches.epoch(1))
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(epoch, again))
+    assert not torch.equal(epoch[0][0], next(iter(batches.epoch(2)))[0])
+
+
+def ssvae_config(epochs=2, **data):
+    return RunConfig(
+        data=DataConfig(dataset="mnist-sample", valid_size=1000, download=False, **{"labels": 100, **data}),
+        model=ModelConfig(model="ssvae", hidden_dim=64, z_dim=8),
+        train=TrainConfig(epochs=epochs, batch_size=100, device="cpu"),
+    )
+
+
+@pytest.fixture(scope="module")
+def trained_ssvae(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("ssvae")
+    return run_dir, fit(ssvae_config(), run_dir, progress=False)
+
+
+def test_accuracy_rises_far_above_chance_in_a_short_run(trained_ssvae):
+    run_dir, result = trained_ssvae
+    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in metrics] == [1, 2]
+    for record in metrics:
+        assert set(record["train"]) >= {"unsupervised", "supervised", "classification", "loss"}
+        assert 0 <= record["valid"]["accuracy"] <= 1 and 0 <= record["test"]["accuracy"] <= 1
+        assert record["valid"]["elbo"] < 0
+    assert result.best_epoch == max(metrics, key=lambda m: m["valid"]["accuracy"])["epoch"]
+    assert result.test["accuracy"] > 0.5  # chance is 0.1
+
+
+def test_estimate_run_scores_log_p_x_with_the_label_summed_out(trained_ssvae):
+    run_dir, result = trained_ssvae
+    summary, per_datapoint = estimate_run(run_dir, "test", num_samples=50, num_particles=2, progress=False,
+                                          device="cpu")
+    assert summary["accuracy"] == pytest.approx(result.test["accuracy"])
+    assert per_datapoint["log_likelihood"].shape == (2000,)
+    assert summary["log_likelihood"] > summary["elbo"]  # IS with K=50 tightens the one-sample bound
+
+
+def test_class_conditional_grid_has_a_row_per_class(trained_ssvae):
+    run_dir, _ = trained_ssvae
+    from pyro_vae import load_run
+
+    figure = class_conditional_grid(load_run(run_dir).model, num_columns=6)
+    (axes,) = figure.axes
+    canvas = axes.get_images()[0].get_array()
+    assert canvas.shape == (10 * 28, 6 * 28)
+    assert [label.get_text() for label in axes.get_yticklabels()] == [str(c) for c in range(10)]
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"data": {"labels": None}}, "--model ssvae needs --labels N"),
+        ({"train": {"beta": 2.0}}, "--model ssvae supports only --beta 1.0"),
+        ({"model": {"arch": "conv"}}, "--model ssvae supports only --arch mlp"),
+        ({"model": {"model": "vae"}}, "--labels chooses the labelled subset of --model ssvae"),
+    ],
+)
+def test_semisupervised_settings_are_validated(change, message):
+    values = ssvae_config().to_dict()
+    for section, settings in change.items():
+        values[section].update(settings)
+    with pytest.raises(ConfigError, match=message):
+        RunConfig.from_dict(values).validate()
