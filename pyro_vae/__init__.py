@@ -4,13 +4,14 @@ from .config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from .data import Dataset, load_dataset
 from .evaluate import (active_units, dataset_elbo_terms, dataset_log_likelihood, elbo_terms, iwae_bounds,
                        log_importance_weights, log_likelihood)
-from .models import VAE, build_model
+from .models import SSVAE, VAE, build_model
 from .runs import estimate_run, load_run
 from .train import FitResult, fit
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "SSVAE",
     "VAE",
     "DataConfig",
     "Dataset",

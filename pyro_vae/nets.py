@@ -39,16 +39,11 @@ class MLPDecoder(nn.Module):
         return self.logits(F.softplus(self.hidden(z)))
 
 
-class MLPClassifier(nn.Module):
-    """x -> class logits, through one softplus hidden layer."""
+class MLPClassifier(MLPDecoder):
+    """x -> class logits: the decoder's network (one softplus hidden layer) from pixels to classes."""
 
     def __init__(self, x_dim: int, hidden_dim: int, num_classes: int) -> None:
-        super().__init__()
-        self.hidden = nn.Linear(x_dim, hidden_dim)
-        self.logits = nn.Linear(hidden_dim, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.logits(F.softplus(self.hidden(x)))
+        super().__init__(x_dim, hidden_dim, num_classes)
 
 
 class ConvEncoder(nn.Module):

@@ -5,8 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import torch
-from pyro.infer import config_enumerate
-from pyro.infer import Trace_ELBO, TraceEnum_ELBO
+from pyro.infer import Trace_ELBO, TraceEnum_ELBO, config_enumerate
 from torch import nn
 
 from .batches import evaluation_batches, fixed_binarization

@@ -136,7 +136,7 @@ def score_split(config: RunConfig, model, loss_module, images: torch.Tensor, lab
     return summarize_terms(dataset_elbo_terms(model, images, labels, batch_size=batch_size))
 
 
-def _train_steps(epoch: int, first_step: int, loss_module, optimizer, batches, train_config,
+def train_steps(epoch: int, first_step: int, loss_module, optimizer, batches, train_config,
                  progress: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """One pass over the training data. Returns the loss module's statistics summed over the epoch
     and the first step (counted from 1 over the run) whose loss was not finite, inf if none; both
@@ -174,7 +174,7 @@ def _run_epoch(epoch: int, state: dict[str, Any], run_dir: Path, config: RunConf
     started = time.perf_counter()
     train_config = config.train
     model.train()
-    totals, first_nonfinite_step = _train_steps(epoch, state["step"], loss_module, optimizer, batches,
+    totals, first_nonfinite_step = train_steps(epoch, state["step"], loss_module, optimizer, batches,
                                                 train_config, progress)
     _stop_if_diverged(first_nonfinite_step, model, epoch, state, run_dir)
     state["step"] += len(batches)

@@ -1,0 +1,128 @@
+"""Training speed of our Pyro VAE against a hand-written PyTorch VAE, in one process, same network and device.
+
+(a) ours: the training loop's own step function (``Trace_ELBO`` loss module, backward, Adam,
+per-step statistics kept on the device); (b) the floor: a hand-written step (BCE with logits +
+analytic KL, backward, Adam). Both get the same MLP, batch and device; each timing is the median
+of repeats after warm-up. Reports samples per second and the ratio a / b per batch size, a full
+epoch over the training images end to end (shuffling and dynamic binarization included), and the
+importance-sampled log p(x) against the bare decoder. ``--markdown`` writes the table.
+
+    python scripts/benchmark.py --data-dir ../shared/data --markdown docs/benchmarks.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+import torch
+
+from pyro_vae.batches import EpochBatches
+from pyro_vae.benchmarking import bare_decoder_log_density, machine_description, median_seconds, plain_vae_loss
+from pyro_vae.config import TrainConfig
+from pyro_vae.data import DatasetUnavailable, load_dataset
+from pyro_vae.evaluate import log_likelihood
+from pyro_vae.models import VAE
+from pyro_vae.objectives import NegativeELBO, make_objective
+from pyro_vae.train import train_steps
+
+
+class RepeatedBatch:
+    """``steps`` copies of one batch, shaped like :class:`~pyro_vae.batches.EpochBatches` for the training loop."""
+
+    def __init__(self, x: torch.Tensor, steps: int) -> None:
+        self.x, self.steps = x, steps
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def epoch(self, epoch: int):
+        return ((self.x, None) for _ in range(self.steps))
+
+
+def ours(vae: VAE, batches, epoch: int = 1) -> None:
+    """One pass of the training loop's step function over ``batches``; statistics read once at the end."""
+    loss_module = NegativeELBO(vae, make_objective("elbo"))
+    optimizer = torch.optim.Adam(vae.parameters(), lr=1e-3)
+    totals, _ = train_steps(epoch, 0, loss_module, optimizer, batches, TrainConfig(), progress=False)
+    totals.tolist()
+
+
+def plain(vae: VAE, batches, epoch: int = 1) -> None:
+    """The same pass with the hand-written loss."""
+    optimizer = torch.optim.Adam(vae.parameters(), lr=1e-3)
+    total = torch.zeros((), device=next(vae.parameters()).device)
+    for x, _ in batches.epoch(epoch):
+        loss = plain_vae_loss(vae, x)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total += loss.detach()
+    total.item()
+
+
+def compare(label: str, work: int, run_ours, run_plain, repeats: int, device: torch.device) -> dict:
+    ours_s, plain_s = median_seconds(run_ours, repeats, device), median_seconds(run_plain, repeats, device)
+    row = {"what": label, "ours_per_s": work / ours_s, "plain_per_s": work / plain_s, "ratio": ours_s / plain_s,
+           "ours_s": ours_s, "plain_s": plain_s}
+    logging.info(json.dumps(row))
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", default="data", help="a torchvision root holding MNIST, for the epoch timing")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[128, 1024])
+    parser.add_argument("--steps", type=int, default=50, help="training steps per timed repeat")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--epoch-repeats", type=int, default=3)
+    parser.add_argument("--num-images", type=int, default=200, help="images for the log p(x) timing")
+    parser.add_argument("--num-samples", type=int, default=1000, help="K for the log p(x) timing")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--markdown", type=Path, default=None, help="write the table here")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    vae = VAE().to(device)
+    rows = []
+
+    for batch_size in args.batch_sizes:
+        batch = RepeatedBatch(torch.bernoulli(torch.full((batch_size, 784), 0.13, device=device)), args.steps)
+        rows.append(compare(f"training step, batch {batch_size} (images/s)", batch_size * args.steps,
+                            lambda: ours(vae, batch), lambda: plain(vae, batch), args.repeats, device))
+
+    try:
+        dataset = load_dataset("mnist", args.data_dir, download=False, device=device)
+    except DatasetUnavailable:
+        logging.info("MNIST not in %s: timing the epoch on the bundled mnist-sample", args.data_dir)
+        dataset = load_dataset("mnist-sample", device=device)
+    epoch_batches = EpochBatches(dataset.train_images, None, 128, "dynamic", seed=0)
+    rows.append(compare(f"epoch of {dataset.name} train, {len(dataset.train_images)} images, batch 128 (images/s)",
+                        len(dataset.train_images), lambda: ours(vae, epoch_batches), lambda: plain(vae, epoch_batches),
+                        args.epoch_repeats, device))
+
+    images = torch.bernoulli(torch.full((args.num_images, 784), 0.13, device=device))
+    with torch.no_grad():
+        rows.append(compare(f"log p(x), K = {args.num_samples}, vs bare decoder (samples/s)",
+                            args.num_images * args.num_samples,
+                            lambda: [log_likelihood(vae, x, num_samples=args.num_samples) for x in images.split(100)],
+                            lambda: [bare_decoder_log_density(vae, x, args.num_samples, 500) for x in images.split(100)],
+                            args.repeats, device))
+
+    table = [f"Machine: {machine_description(device)}; torch {torch.__version__}. Command: "
+             f"`python scripts/benchmark.py --data-dir {args.data_dir}` (medians of {args.repeats} repeats, "
+             f"{args.epoch_repeats} for the epoch).", "",
+             "| measurement | ours | hand-written PyTorch | ratio ours / hand-written |", "| --- | --- | --- | --- |"]
+    table += [f"| {row['what']} | {row['ours_per_s']:,.0f} | {row['plain_per_s']:,.0f} | {row['ratio']:.2f} |"
+              for row in rows]
+    print("\n".join(table))
+    if args.markdown:
+        args.markdown.parent.mkdir(parents=True, exist_ok=True)
+        args.markdown.write_text("# Benchmarks\n\n" + "\n".join(table) + "\n")
+
+
+if __name__ == "__main__":
+    main()
