@@ -4,7 +4,7 @@ from .config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from .data import Dataset, load_dataset
 from .evaluate import (active_units, dataset_elbo_terms, dataset_log_likelihood, elbo_terms, iwae_bounds,
                        log_importance_weights, log_likelihood)
-from .models import SSVAE, VAE, build_model
+from .models import SSVAE, VAE, ConditionalVAE, build_model
 from .runs import estimate_run, load_run
 from .train import FitResult, fit
 
@@ -12,6 +12,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "SSVAE",
+    "ConditionalVAE",
     "VAE",
     "DataConfig",
     "Dataset",

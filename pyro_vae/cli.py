@@ -1,4 +1,4 @@
-"""The ``pyro-vae`` command: ``train`` a model, ``evaluate`` a run's best checkpoint."""
+"""The ``pyro-vae`` command: ``train`` a model, ``evaluate`` a run's best checkpoint, ``sample`` images from it."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from pathlib import Path
 from . import config as cfg
 from .checkpoint import CheckpointError
 from .formats import DataFileError
-from .runs import CONFIG_FILE, estimate_run, write_per_datapoint_csv
+from .plots import samples_figure
+from .runs import CONFIG_FILE, estimate_run, load_run, write_per_datapoint_csv
 from .train import TrainingDiverged, fit
 
 DEFAULTS = cfg.RunConfig()
@@ -87,7 +88,8 @@ def _add_train_parser(subparsers) -> argparse.ArgumentParser:
                        help="--model ssvae: labelled training images, the same number per class (seeded)")
     group = parser.add_argument_group("model")
     group.add_argument("--model", choices=cfg.MODELS, default=model.model,
-                       help="vae, or ssvae: the semi-supervised M2 of Kingma et al. (2014), needs --labels")
+                       help="vae; cvae: class-conditional, p(x|y, z); ssvae: the semi-supervised M2 of "
+                            "Kingma et al. (2014), needs --labels")
     group.add_argument("--arch", choices=cfg.ARCHITECTURES, default=model.arch)
     group.add_argument("--hidden-dim", type=_positive_int, default=model.hidden_dim)
     group.add_argument("--z-dim", type=_positive_int, default=model.z_dim)
@@ -161,11 +163,37 @@ def _add_evaluate_parser(subparsers) -> None:
     add_estimate_arguments(parser)
 
 
+def _add_sample_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "sample", help="draw images from a run's best checkpoint into a PNG",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("run_dir", type=Path, help="a run directory (uses checkpoints/best.pt)")
+    parser.add_argument("--label", type=_non_negative_int, default=None,
+                        help="cvae/ssvae: the class to draw (default: a grid with one row per class)")
+    parser.add_argument("--num", type=_positive_int, default=64, help="images to draw")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the draws z ~ p(z)")
+    parser.add_argument("--out", type=Path, default=Path("samples.png"), help="the PNG to write")
+    parser.add_argument("--device", choices=cfg.DEVICES, default="auto")
+
+
+def run_sample(args: argparse.Namespace) -> None:
+    """Draw from the run's best model and save the figure."""
+    run = load_run(args.run_dir, args.device)
+    try:
+        figure = samples_figure(run.model, args.num, args.label, args.seed)
+    except ValueError as error:
+        raise cfg.ConfigError(str(error)) from None
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(args.out, dpi=120)
+    print(f"wrote {args.out}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _OneLineErrors(prog="pyro-vae", description=__doc__)
     subparsers = parser.add_subparsers(dest="command", required=True)
     parser.train_parser = _add_train_parser(subparsers)
     _add_evaluate_parser(subparsers)
+    _add_sample_parser(subparsers)
     return parser
 
 
@@ -208,6 +236,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "train":
             _run_train(args, parser.train_parser)
+        elif args.command == "sample":
+            run_sample(args)
         else:
             run_estimate(args.run_dir, args)
     except (cfg.ConfigError, DataFileError, CheckpointError) as error:

@@ -12,7 +12,7 @@ DATASETS = ("mnist", "fashion-mnist", "binarized-mnist", "mnist-sample")
 BINARIZATIONS = ("dynamic", "static", "threshold", "none")
 LIKELIHOODS = ("bernoulli", "gaussian", "continuous-bernoulli")
 ARCHITECTURES = ("mlp", "conv")
-MODELS = ("vae", "ssvae")
+MODELS = ("vae", "cvae", "ssvae")
 OBJECTIVES = ("elbo", "meanfield", "iwae")
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -139,6 +139,11 @@ class RunConfig:
             if not self.model.gaussian_scale > 0:
                 raise ConfigError(f"--gaussian-scale must be positive, got {self.model.gaussian_scale}")
         self._validate_semisupervised()
+        if self.model.model == "cvae":
+            for flag, (value, supported) in {"--arch": (self.model.arch, "mlp"),
+                                             "--likelihood": (self.model.likelihood, "bernoulli")}.items():
+                if value != supported:
+                    raise ConfigError(f"--model cvae supports only {flag} {supported}, got {value!r}")
         if self.model.likelihood != "bernoulli" and self.data.binarize not in ("auto", "none"):
             raise ConfigError(
                 f"--likelihood {self.model.likelihood} models grey-scale pixels, so --binarize "

@@ -32,6 +32,8 @@ def _terms_from_traces(traces: list, num_particles: int) -> tuple[torch.Tensor, 
                 reconstruction = reconstruction + site["unscaled_log_prob"].sum()
             else:
                 kl = kl + (guide_trace.nodes[name]["unscaled_log_prob"] - site["unscaled_log_prob"]).sum()
+    if not torch.is_tensor(kl):  # a model without latent variables, such as a deterministic baseline
+        kl = torch.zeros_like(reconstruction)
     return reconstruction.detach() / num_particles, kl.detach() / num_particles
 
 

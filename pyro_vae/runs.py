@@ -125,6 +125,7 @@ def estimate_run(
         "num_samples": num_samples,
         "num_particles": num_particles,
         "seed": seed,
+        "log_likelihood_of": "log p(x|y)" if run.config.model.model == "cvae" else "log p(x)",
     }
     for key in ("elbo", "reconstruction", "kl", "kl_monte_carlo"):
         summary[key], summary[f"{key}_se"] = mean_and_standard_error(per_datapoint[key])

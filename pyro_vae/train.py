@@ -108,10 +108,10 @@ def fit(config: RunConfig, run_dir: str | Path, *, resume: bool = False, overwri
 def _loss_and_batches(config: RunConfig, dataset, model) -> tuple[nn.Module, EpochBatches | SemiSupervisedBatches]:
     """The loss module the optimizer minimises and the training batches it is fed, for the configured model."""
     train_config = config.train
+    if config.model.model in ("cvae", "ssvae") and dataset.train_labels is None:
+        raise ConfigError(f"--model {config.model.model} needs labels but {dataset.name} has none; use --dataset "
+                          "mnist, fashion-mnist or mnist-sample")
     if config.model.model == "ssvae":
-        if dataset.train_labels is None:
-            raise ConfigError(f"--model ssvae needs labels but {dataset.name} has none; use --dataset mnist, "
-                              "fashion-mnist or mnist-sample")
         labelled = balanced_labelled_indices(dataset.train_labels, config.data.labels, model.num_classes,
                                              train_config.seed)
         batches = SemiSupervisedBatches(dataset.train_images, dataset.train_labels, labelled,

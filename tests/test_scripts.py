@@ -104,3 +104,19 @@ def test_benchmark_compares_training_with_the_hand_written_step(tmp_path):
         "| log p(x), K = 4, vs bare decoder (samples/s)",
     ]
     assert all(float(row.split(" | ")[3].rstrip(" |")) > 0 for row in rows)
+
+
+@pytest.mark.slow
+def test_cvae_quadrants_writes_table_results_and_figure(tmp_path):
+    result = run_script("cvae_quadrants.py", "--dataset", "mnist-sample", "--quadrants", "1", "3", "--max-epochs", "1",
+                        "--hidden-dim", "16", "--z-dim", "2", "--num-samples", "10", "--test-images", "40",
+                        "--device", "cpu", "--out", tmp_path / "quadrants", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    table = (tmp_path / "quadrants" / "quadrant_table.md").read_text()
+    assert "| 1 |" in table and "| 3 |" in table and "71.8" in table and "24.2" in table
+    results = json.loads((tmp_path / "quadrants" / "results.json").read_text())["results"]
+    for num_observed in ("1", "3"):
+        cvae = results[num_observed]["cvae"]
+        assert cvae["nll_importance_sampled"] <= cvae["nll_elbo"] + 1.0
+        assert (tmp_path / "quadrants" / f"quadrants{num_observed}" / "cvae.pt").is_file()
+    assert (tmp_path / "quadrants" / "completions.png").stat().st_size > 0

@@ -6,19 +6,12 @@ import pyro
 import pyro.distributions as dist
 import torch
 from pyro import poutine
-from torch import nn
-from torch.nn import functional as F
 
-from ..nets import MLPClassifier, MLPDecoder, MLPEncoder
-
-
-def _concat_broadcast(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Concatenate on the last dimension after broadcasting the leading (batch, particle, enum) ones."""
-    shape = torch.broadcast_shapes(a.shape[:-1], b.shape[:-1])
-    return torch.cat([a.expand(shape + a.shape[-1:]), b.expand(shape + b.shape[-1:])], dim=-1)
+from ..nets import MLPClassifier
+from .cvae import ConditionalVAE
 
 
-class SSVAE(nn.Module):
+class SSVAE(ConditionalVAE):
     """Semi-supervised VAE M2: a class label y and a style z generate each image.
 
     Generative story, for each image n::
@@ -42,34 +35,18 @@ class SSVAE(nn.Module):
     """
 
     def __init__(self, x_dim: int = 784, z_dim: int = 50, hidden_dim: int = 400, num_classes: int = 10) -> None:
-        super().__init__()
-        self.x_dim, self.z_dim, self.num_classes = x_dim, z_dim, num_classes
-        self.classifier = MLPClassifier(x_dim, hidden_dim, num_classes)
-        self.encoder = MLPEncoder(x_dim + num_classes, hidden_dim, z_dim)
-        self.decoder = MLPDecoder(z_dim + num_classes, hidden_dim, x_dim)
+        classifier = MLPClassifier(x_dim, hidden_dim, num_classes)  # built first: the seeded initialisation
+        super().__init__(x_dim, z_dim, hidden_dim, num_classes)      # of the published sweep stays the same
+        self.classifier = classifier
 
     def label_prior_dist(self, batch_size: int) -> dist.Distribution:
         """p(y) uniform over the classes."""
         logits = torch.zeros(batch_size, self.num_classes, device=self._device())
         return dist.Categorical(logits=logits)
 
-    def prior_dist(self, batch_size: int) -> dist.Distribution:
-        """p(z) = Normal(0, I)."""
-        loc = torch.zeros(batch_size, self.z_dim, device=self._device())
-        return dist.Normal(loc, torch.ones_like(loc)).to_event(1)
-
-    def likelihood_dist(self, z: torch.Tensor, y: torch.Tensor) -> dist.Distribution:
-        """p(x|y, z) from the decoder's logits."""
-        return dist.Bernoulli(logits=self.decoder(_concat_broadcast(z, self._one_hot(y)))).to_event(1)
-
     def classifier_dist(self, x: torch.Tensor) -> dist.Distribution:
         """q(y|x)."""
         return dist.Categorical(logits=self.classifier(x))
-
-    def posterior_dist(self, x: torch.Tensor, y: torch.Tensor) -> dist.Distribution:
-        """q(z|x, y) from the encoder."""
-        loc, scale = self.encoder(_concat_broadcast(x, self._one_hot(y)))
-        return dist.Normal(loc, scale).to_event(1)
 
     def model(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         with pyro.plate("data", x.shape[0]):
@@ -100,23 +77,7 @@ class SSVAE(nn.Module):
         return self.classifier(x).argmax(-1)
 
     @torch.no_grad()
-    def sample_images(self, labels: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
-        """Means of p(x|y, z) for the given labels; ``z`` (one row per label) defaults to draws from p(z)."""
-        if z is None:
-            z = self.prior_dist(len(labels)).sample()
-        return self.likelihood_dist(z, labels).mean
-
-    @torch.no_grad()
-    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
-        """Mean of p(x|y, z) at the classifier's label and the posterior mean of q(z|x, y)."""
-        y = self.predict(x)
+    def reconstruct(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """Mean of p(x|y, z) at the posterior mean of q(z|x, y); ``y`` defaults to the classifier's label."""
+        y = self.predict(x) if y is None else y
         return self.likelihood_dist(self.posterior_dist(x, y).mean, y).mean
-
-    def _one_hot(self, y: torch.Tensor) -> torch.Tensor:
-        return F.one_hot(y.long(), self.num_classes).to(self._dtype())
-
-    def _device(self) -> torch.device:
-        return next(self.parameters()).device
-
-    def _dtype(self) -> torch.dtype:
-        return next(self.parameters()).dtype

@@ -1,0 +1,146 @@
+"""Structured-output prediction (Sohn, Lee & Yan, 2015): a deterministic baseline and the conditional VAE.
+
+Both predict the unobserved pixels y of an image from its observed pixels x. The input ``x`` is
+the image with unobserved pixels set to -1 (so "missing" differs from "black"); the output ``y``
+is the whole binary image, of which only the pixels in ``target_mask`` are scored.
+"""
+
+from __future__ import annotations
+
+import pyro
+import pyro.distributions as dist
+import torch
+from torch import nn
+
+from ..nets import MIN_SCALE
+from .cvae import concat_broadcast
+
+
+def _mlp(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Sequential:
+    """Two ReLU hidden layers, as in Sohn et al.'s MNIST networks."""
+    return nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, hidden_dim), nn.ReLU(),
+                         nn.Linear(hidden_dim, out_dim))
+
+
+class _GaussianNet(nn.Module):
+    """inputs -> (loc, scale) of a diagonal Gaussian, through :func:`_mlp`."""
+
+    def __init__(self, in_dim: int, hidden_dim: int, z_dim: int) -> None:
+        super().__init__()
+        self.net = _mlp(in_dim, hidden_dim, 2 * z_dim)
+
+    def forward(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        loc, raw_scale = self.net(inputs).chunk(2, dim=-1)
+        return loc, nn.functional.softplus(raw_scale) + MIN_SCALE
+
+
+class _MaskedOutput(nn.Module):
+    """Holds the mask of scored pixels and builds the masked Bernoulli likelihood of y."""
+
+    def __init__(self, target_mask: torch.Tensor) -> None:
+        super().__init__()
+        if target_mask.dtype != torch.bool or target_mask.dim() != 1:
+            raise ValueError("target_mask must be a 1-D bool tensor, True where a pixel is to be predicted")
+        self.register_buffer("target_mask", target_mask)
+
+    def output_dist(self, logits: torch.Tensor) -> dist.Distribution:
+        """Bernoulli over the pixels, log-density counted only where ``target_mask`` is True."""
+        return dist.Bernoulli(logits=logits).mask(self.target_mask).to_event(1)
+
+    def _check(self, x: torch.Tensor, y: torch.Tensor | None) -> None:
+        width = self.target_mask.shape[0]
+        if x.shape[-1] != width or (y is not None and y.shape != x.shape):
+            raise ValueError(f"inputs {tuple(x.shape)} and outputs {None if y is None else tuple(y.shape)}: both "
+                             f"must be (batch, {width}) images")
+
+
+class QuadrantBaseline(_MaskedOutput):
+    """Deterministic baseline: y ~ Bernoulli(logits=net(x)) on the unobserved pixels; no latent variable.
+
+    The guide is empty, so the ELBO is exactly log p(y|x).
+    """
+
+    def __init__(self, target_mask: torch.Tensor, hidden_dim: int = 500) -> None:
+        super().__init__(target_mask)
+        self.net = _mlp(target_mask.shape[0], hidden_dim, target_mask.shape[0])
+
+    def model(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        self._check(x, y)
+        with pyro.plate("data", x.shape[0]):
+            return pyro.sample("y", self.output_dist(self.net(x)), obs=y)
+
+    def guide(self, x: torch.Tensor, y: torch.Tensor | None = None) -> None:
+        """No latent variables: the empty guide."""
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """Pixel probabilities of the output."""
+        return torch.sigmoid(self.net(x))
+
+
+class StructuredOutputCVAE(_MaskedOutput):
+    """Conditional VAE for structured output (Sohn, Lee & Yan, 2015).
+
+    Generative story, for each input x_n::
+
+        z_n ~ Normal(prior_net(x_n))                      (prior network p(z|x))
+        y_n ~ Bernoulli(logits=generation_net(x_n, z_n))  (generation network p(y|x, z), masked)
+
+    Guide: the recognition network ``z_n ~ Normal(recognition_net(x_n, y_n))`` sees the target
+    pixels. :meth:`prior_guide` draws z from p(z|x) instead, the proposal of the cheaper Monte
+    Carlo estimate of p(y|x) (Sohn et al.'s conditional log-likelihood by sampling the prior).
+    """
+
+    def __init__(self, target_mask: torch.Tensor, hidden_dim: int = 500, z_dim: int = 32) -> None:
+        super().__init__(target_mask)
+        pixels = target_mask.shape[0]
+        self.z_dim = z_dim
+        self.prior_net = _GaussianNet(pixels, hidden_dim, z_dim)
+        self.recognition_net = _GaussianNet(2 * pixels, hidden_dim, z_dim)
+        self.generation_net = _mlp(pixels + z_dim, hidden_dim, pixels)
+
+    def prior_dist(self, x: torch.Tensor) -> dist.Distribution:
+        """p(z|x)."""
+        return dist.Normal(*self.prior_net(x)).to_event(1)
+
+    def posterior_dist(self, x: torch.Tensor, y: torch.Tensor) -> dist.Distribution:
+        """q(z|x, y), from the input and the target pixels only."""
+        return dist.Normal(*self.recognition_net(torch.cat([x, y * self.target_mask], dim=-1))).to_event(1)
+
+    def likelihood_dist(self, x: torch.Tensor, z: torch.Tensor) -> dist.Distribution:
+        """p(y|x, z), scored on the target pixels."""
+        return self.output_dist(self.generation_net(concat_broadcast(x, z)))
+
+    def model(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        self._check(x, y)
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", self.prior_dist(x))
+            return pyro.sample("y", self.likelihood_dist(x, z), obs=y)
+
+    def guide(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        self._check(x, y)
+        if y is None:
+            raise ValueError("the recognition network q(z|x, y) needs the target y; to predict, use prior_guide "
+                             "or complete()")
+        with pyro.plate("data", x.shape[0]):
+            return pyro.sample("z", self.posterior_dist(x, y))
+
+    def prior_guide(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """z ~ p(z|x): with it as proposal the importance weights are p(y|x, z)."""
+        with pyro.plate("data", x.shape[0]):
+            return pyro.sample("z", self.prior_dist(x))
+
+    @torch.no_grad()
+    def complete(self, x: torch.Tensor, num_samples: int = 1) -> torch.Tensor:
+        """Pixel probabilities of ``num_samples`` completions per input, z ~ p(z|x): shape (num_samples, batch, pixels)."""
+        z = self.prior_dist(x).sample((num_samples,))
+        return torch.sigmoid(self.generation_net(concat_broadcast(x, z)))
+
+
+class PriorProposal:
+    """The model of a :class:`StructuredOutputCVAE` paired with its prior network as guide, for the
+    ``model``/``guide`` interface of :mod:`pyro_vae.evaluate`: importance sampling with it is the
+    Monte Carlo estimate log mean_k p(y|x, z_k), z_k ~ p(z|x)."""
+
+    def __init__(self, cvae: StructuredOutputCVAE) -> None:
+        self.model, self.guide = cvae.model, cvae.prior_guide
