@@ -46,10 +46,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--patience", type=int, default=3, help="epochs without validation improvement to stop")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--kl-warmup-epochs", type=int, default=0,
+    parser.add_argument("--kl-warmup-epochs", type=int, default=3,
                         help="CVAE: anneal the KL weight from 0 to 1 over this many epochs")
     parser.add_argument("--hidden-dim", type=int, default=500)
-    parser.add_argument("--z-dim", type=int, default=32)
+    parser.add_argument("--z-dim", type=int, default=64)
     parser.add_argument("--num-samples", type=int, default=100, help="K for the test log p(y|x) estimates")
     parser.add_argument("--test-images", type=int, default=None, help="score only the first N test images")
     parser.add_argument("--seed", type=int, default=0)
@@ -118,7 +118,7 @@ def write_table(results: dict, args: argparse.Namespace, num_test: int) -> str:
     """The Markdown table of test -log p(y|x) (nats per image, unobserved pixels) beside the tutorial's."""
     lines = [f"Test -log p(y|x) of the unobserved pixels, nats per image ({args.dataset}, {num_test} test images, "
              f"targets binarized with seed {args.seed + 2}; mean ± standard error). CVAE: hidden {args.hidden_dim}, "
-             f"z {args.z_dim}; K = {args.num_samples}; early stopping on validation -ELBO, patience {args.patience}, "
+             f"z {args.z_dim}, KL warm-up {args.kl_warmup_epochs} epochs; K = {args.num_samples}; early stopping on validation -ELBO, patience {args.patience}, "
              f"at most {args.max_epochs} epochs.", "",
              "| quadrants observed | baseline (exact) | CVAE, importance sampling q(z\\|x,y) | CVAE, Monte Carlo "
              "z ~ p(z\\|x) | CVAE -ELBO (10 particles) | tutorial baseline | tutorial CVAE |",

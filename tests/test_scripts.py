@@ -120,3 +120,19 @@ def test_cvae_quadrants_writes_table_results_and_figure(tmp_path):
         assert cvae["nll_importance_sampled"] <= cvae["nll_elbo"] + 1.0
         assert (tmp_path / "quadrants" / f"quadrants{num_observed}" / "cvae.pt").is_file()
     assert (tmp_path / "quadrants" / "completions.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_class_agreement_judges_a_conditional_run_and_refuses_a_plain_vae(tmp_path):
+    for model in ("cvae", "vae"):
+        config = RunConfig(data=DataConfig(dataset="mnist-sample", download=False),
+                           model=ModelConfig(model=model, hidden_dim=16, z_dim=2), train=TrainConfig(epochs=1, device="cpu"))
+        fit(config, tmp_path / model, progress=False)
+    result = run_script("class_agreement.py", tmp_path / "cvae", "--per-class", "20", "--judge-epochs", "1",
+                        "--json", "agreement.json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((tmp_path / "agreement.json").read_text())
+    assert summary["judge_test_accuracy"] > 0.8 and summary["chance"] == pytest.approx(0.1)
+    assert len(summary["agreement_per_class"]) == 10 and 0.0 <= summary["agreement"] <= 1.0
+    refused = run_script("class_agreement.py", tmp_path / "vae", cwd=tmp_path)
+    assert refused.returncode == 2 and "needs --model cvae or ssvae" in refused.stderr

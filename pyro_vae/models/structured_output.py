@@ -13,7 +13,6 @@ import torch
 from torch import nn
 
 from ..nets import MIN_SCALE
-from .cvae import concat_broadcast
 
 
 def _mlp(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Sequential:
@@ -83,21 +82,24 @@ class StructuredOutputCVAE(_MaskedOutput):
 
     Generative story, for each input x_n::
 
-        z_n ~ Normal(prior_net(x_n))                      (prior network p(z|x))
-        y_n ~ Bernoulli(logits=generation_net(x_n, z_n))  (generation network p(y|x, z), masked)
+        z_n ~ Normal(prior_net(x_n))                 (prior network p(z|x))
+        y_n ~ Bernoulli(logits=generation_net(z_n))  (generation network p(y|x, z), masked)
 
+    The input reaches the generation network only through z's prior, so z must carry the
+    prediction; a generation network fed x as well learns the baseline's answer first and leaves
+    z nearly unused (as pyro-ppl's tutorial, which also decodes from z alone).
     Guide: the recognition network ``z_n ~ Normal(recognition_net(x_n, y_n))`` sees the target
     pixels. :meth:`prior_guide` draws z from p(z|x) instead, the proposal of the cheaper Monte
     Carlo estimate of p(y|x) (Sohn et al.'s conditional log-likelihood by sampling the prior).
     """
 
-    def __init__(self, target_mask: torch.Tensor, hidden_dim: int = 500, z_dim: int = 32) -> None:
+    def __init__(self, target_mask: torch.Tensor, hidden_dim: int = 500, z_dim: int = 64) -> None:
         super().__init__(target_mask)
         pixels = target_mask.shape[0]
         self.z_dim = z_dim
         self.prior_net = _GaussianNet(pixels, hidden_dim, z_dim)
         self.recognition_net = _GaussianNet(2 * pixels, hidden_dim, z_dim)
-        self.generation_net = _mlp(pixels + z_dim, hidden_dim, pixels)
+        self.generation_net = _mlp(z_dim, hidden_dim, pixels)
 
     def prior_dist(self, x: torch.Tensor) -> dist.Distribution:
         """p(z|x)."""
@@ -107,15 +109,15 @@ class StructuredOutputCVAE(_MaskedOutput):
         """q(z|x, y), from the input and the target pixels only."""
         return dist.Normal(*self.recognition_net(torch.cat([x, y * self.target_mask], dim=-1))).to_event(1)
 
-    def likelihood_dist(self, x: torch.Tensor, z: torch.Tensor) -> dist.Distribution:
-        """p(y|x, z), scored on the target pixels."""
-        return self.output_dist(self.generation_net(concat_broadcast(x, z)))
+    def likelihood_dist(self, z: torch.Tensor) -> dist.Distribution:
+        """p(y|x, z) (x acts through z), scored on the target pixels."""
+        return self.output_dist(self.generation_net(z))
 
     def model(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         self._check(x, y)
         with pyro.plate("data", x.shape[0]):
             z = pyro.sample("z", self.prior_dist(x))
-            return pyro.sample("y", self.likelihood_dist(x, z), obs=y)
+            return pyro.sample("y", self.likelihood_dist(z), obs=y)
 
     def guide(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         self._check(x, y)
@@ -133,8 +135,7 @@ class StructuredOutputCVAE(_MaskedOutput):
     @torch.no_grad()
     def complete(self, x: torch.Tensor, num_samples: int = 1) -> torch.Tensor:
         """Pixel probabilities of ``num_samples`` completions per input, z ~ p(z|x): shape (num_samples, batch, pixels)."""
-        z = self.prior_dist(x).sample((num_samples,))
-        return torch.sigmoid(self.generation_net(concat_broadcast(x, z)))
+        return torch.sigmoid(self.generation_net(self.prior_dist(x).sample((num_samples,))))
 
 
 class PriorProposal:
