@@ -140,10 +140,8 @@ class RunConfig:
                 raise ConfigError(f"--gaussian-scale must be positive, got {self.model.gaussian_scale}")
         self._validate_semisupervised()
         if self.model.model == "cvae":
-            for flag, (value, supported) in {"--arch": (self.model.arch, "mlp"),
-                                             "--likelihood": (self.model.likelihood, "bernoulli")}.items():
-                if value != supported:
-                    raise ConfigError(f"--model cvae supports only {flag} {supported}, got {value!r}")
+            _only_supported("--model cvae", {"--arch": (self.model.arch, "mlp"),
+                                             "--likelihood": (self.model.likelihood, "bernoulli")})
         if self.model.likelihood != "bernoulli" and self.data.binarize not in ("auto", "none"):
             raise ConfigError(
                 f"--likelihood {self.model.likelihood} models grey-scale pixels, so --binarize "
@@ -164,10 +162,7 @@ class RunConfig:
         unsupported = {"--arch": (self.model.arch, "mlp"), "--likelihood": (self.model.likelihood, "bernoulli"),
                        "--objective": (self.train.objective, "elbo"), "--beta": (self.train.beta, 1.0),
                        "--kl-warmup-epochs": (self.train.kl_warmup_epochs, 0), "--num-particles": (self.train.num_particles, 1)}
-        for flag, (value, supported) in unsupported.items():
-            if value != supported:
-                raise ConfigError(f"--model ssvae supports only {flag} {supported} (it trains with TraceEnum_ELBO, "
-                                  f"labels enumerated), got {value!r}")
+        _only_supported("--model ssvae", unsupported, why=" (it trains with TraceEnum_ELBO, labels enumerated)")
 
 
 def config_differences(requested: RunConfig, saved: RunConfig, ignore: tuple[str, ...] = ()) -> list[str]:
@@ -180,6 +175,13 @@ def config_differences(requested: RunConfig, saved: RunConfig, ignore: tuple[str
             if f"{section}.{name}" not in ignore and requested_value != saved_value:
                 differences.append(f"{section}.{name}: checkpoint {saved_value!r}, requested {requested_value!r}")
     return differences
+
+
+def _only_supported(model: str, settings: dict[str, tuple[Any, Any]], why: str = "") -> None:
+    """Raise for the first ``flag: (value, supported)`` of ``model`` whose value is not the supported one."""
+    for flag, (value, supported) in settings.items():
+        if value != supported:
+            raise ConfigError(f"{model} supports only {flag} {supported}{why}, got {value!r}")
 
 
 def _choice(flag: str, value: str, choices: tuple[str, ...]) -> None:

@@ -63,7 +63,7 @@ def samples_figure(model: VAE | ConditionalVAE, num_images: int = 64, label: int
         labels = torch.full((num_images,), label, dtype=torch.long, device=z.device)
         images, title = model.sample_images(labels, z), f"p(x | y={label}, z), z ~ p(z)"
     else:
-        images, title = model.likelihood_dist(z).mean, "p(x | z), z ~ p(z)"
+        images, title = model.sample_images(num_images, z), "p(x | z), z ~ p(z)"
     return image_grid(images, num_rows=max(1, round(num_images ** 0.5)), title=title)
 
 

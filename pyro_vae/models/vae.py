@@ -86,9 +86,11 @@ class VAE(nn.Module):
         return self.likelihood_dist(self.posterior_dist(x).mean).mean
 
     @torch.no_grad()
-    def sample_images(self, num_images: int) -> torch.Tensor:
-        """Means of p(x|z) for ``num_images`` draws z ~ p(z)."""
-        return self.likelihood_dist(self.prior_dist(num_images).sample()).mean
+    def sample_images(self, num_images: int, z: torch.Tensor | None = None) -> torch.Tensor:
+        """Means of p(x|z) for ``num_images`` draws z ~ p(z), or for the given ``z`` (one row per image)."""
+        if z is None:
+            z = self.prior_dist(num_images).sample()
+        return self.likelihood_dist(z).mean
 
     def pixel_scale(self) -> torch.Tensor | float:
         """Standard deviation of the Gaussian likelihood (fixed or learned)."""
