@@ -79,12 +79,13 @@ def main() -> None:
         observed = observed_mask(num_observed).to(device)
         inputs, outputs = evaluation_pairs(test_images, observed, args.seed + 2)
         results[num_observed] = {}
-        models = {"baseline": QuadrantBaseline(~observed, args.hidden_dim),
-                  "cvae": StructuredOutputCVAE(~observed, args.hidden_dim, args.z_dim)}
-        for name, model in models.items():
+        builders = {"baseline": lambda: QuadrantBaseline(~observed, args.hidden_dim),
+                    "cvae": lambda: StructuredOutputCVAE(~observed, args.hidden_dim, args.z_dim)}
+        models = {}
+        for name, build in builders.items():
             started = time.perf_counter()
-            pyro.set_rng_seed(args.seed)
-            model.to(device)
+            pyro.set_rng_seed(args.seed)  # before building: torch's own start-up seed differs per process
+            model = models[name] = build().to(device)
             logging.info("%d quadrant(s) observed, %s:", num_observed, name)
             fit = fit_quadrant_model(model, dataset.train_images, dataset.valid_images, observed,
                                      args.out / f"quadrants{num_observed}" / f"{name}.pt", max_epochs=args.max_epochs,

@@ -120,6 +120,13 @@ def test_cvae_quadrants_writes_table_results_and_figure(tmp_path):
         assert cvae["nll_importance_sampled"] <= cvae["nll_elbo"] + 1.0
         assert (tmp_path / "quadrants" / f"quadrants{num_observed}" / "cvae.pt").is_file()
     assert (tmp_path / "quadrants" / "completions.png").stat().st_size > 0
+    again = run_script("cvae_quadrants.py", "--dataset", "mnist-sample", "--quadrants", "3", "--max-epochs", "1",
+                       "--hidden-dim", "16", "--z-dim", "2", "--num-samples", "10", "--test-images", "40",
+                       "--device", "cpu", "--out", tmp_path / "again", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    rerun = json.loads((tmp_path / "again" / "results.json").read_text())["results"]["3"]
+    for name in ("baseline", "cvae"):  # seeded: the same numbers in another process, alone or after others
+        assert rerun[name]["nll_elbo"] == results["3"][name]["nll_elbo"]
 
 
 @pytest.mark.slow
