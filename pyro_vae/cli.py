@@ -12,7 +12,6 @@ from pathlib import Path
 from . import config as cfg
 from .checkpoint import CheckpointError
 from .formats import DataFileError
-from .plots import samples_figure
 from .runs import CONFIG_FILE, estimate_run, load_run, write_per_datapoint_csv
 from .train import TrainingDiverged, fit
 
@@ -178,6 +177,8 @@ def _add_sample_parser(subparsers) -> None:
 
 def run_sample(args: argparse.Namespace) -> None:
     """Draw from the run's best model and save the figure."""
+    from .plots import samples_figure  # matplotlib costs 0.65 s of start-up; only this command needs it
+
     run = load_run(args.run_dir, args.device)
     try:
         figure = samples_figure(run.model, args.num, args.label, args.seed)
