@@ -11,7 +11,7 @@ from torch.nn import functional as F
 from ..nets import MLPDecoder, MLPEncoder
 
 
-def concat_broadcast(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+def _concat_broadcast(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Concatenate on the last dimension after broadcasting the leading (batch, particle, enum) ones."""
     shape = torch.broadcast_shapes(a.shape[:-1], b.shape[:-1])
     return torch.cat([a.expand(shape + a.shape[-1:]), b.expand(shape + b.shape[-1:])], dim=-1)
@@ -49,11 +49,11 @@ class ConditionalVAE(nn.Module):
 
     def likelihood_dist(self, z: torch.Tensor, y: torch.Tensor) -> dist.Distribution:
         """p(x|y, z) from the decoder's logits."""
-        return dist.Bernoulli(logits=self.decoder(concat_broadcast(z, self._one_hot(y)))).to_event(1)
+        return dist.Bernoulli(logits=self.decoder(_concat_broadcast(z, self._one_hot(y)))).to_event(1)
 
     def posterior_dist(self, x: torch.Tensor, y: torch.Tensor) -> dist.Distribution:
         """q(z|x, y) from the encoder."""
-        loc, scale = self.encoder(concat_broadcast(x, self._one_hot(y)))
+        loc, scale = self.encoder(_concat_broadcast(x, self._one_hot(y)))
         return dist.Normal(loc, scale).to_event(1)
 
     def model(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
