@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from datetime import datetime
 from pathlib import Path
 
 from . import config as cfg
 from .checkpoint import CheckpointError
+from .distributed import ReplicasOutOfSync
 from .formats import DataFileError
 from .runs import CONFIG_FILE, estimate_run, load_run, write_per_datapoint_csv
 from .train import TrainingDiverged, fit
@@ -224,16 +226,30 @@ def _run_train(args: argparse.Namespace, train_parser: argparse.ArgumentParser) 
                                   eval_batch_size=args.eval_batch_size, lr=args.lr, seed=args.seed,
                                   device=args.device),
         )
+    if args.out is None and _launched_ranks() > 1:
+        train_parser.error("under torchrun pass --out RUN_DIR, so that every process names the same run directory")
     run_dir = args.out or Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
-    print(f"run directory: {run_dir}")
+    if _rank() == 0:
+        print(f"run directory: {run_dir}")
     fit(config, run_dir, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress,
         detect_anomaly=args.detect_anomaly)
+
+
+def _launched_ranks() -> int:
+    """How many processes torchrun started for this run (1 without torchrun)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _rank() -> int:
+    return int(os.environ.get("RANK", "0"))
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
+    # Under torchrun rank 0 reports; the others only warn.
+    logging.basicConfig(level=logging.INFO if _rank() == 0 else logging.WARNING, format="%(message)s",
+                        stream=sys.stdout)
     try:
         if args.command == "train":
             _run_train(args, parser.train_parser)
@@ -244,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     except (cfg.ConfigError, DataFileError, CheckpointError) as error:
         print(f"pyro-vae {args.command}: error: {error}", file=sys.stderr)
         return 2
-    except TrainingDiverged as error:
+    except (TrainingDiverged, ReplicasOutOfSync) as error:
         print(f"pyro-vae {args.command}: error: {error}", file=sys.stderr)
         return 3
     except KeyboardInterrupt:

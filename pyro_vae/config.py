@@ -68,19 +68,36 @@ class TrainConfig:
 
 
 @dataclass
+class DistributedConfig:
+    """How training was spread over processes: recorded by training (torchrun decides), not chosen.
+
+    ``--batch-size`` is the global batch, split evenly over the ranks, and gradients are averaged
+    over it, so the effective batch size and learning rate are those of one process.
+    """
+
+    world_size: int = 1
+    backend: str | None = None
+    batch_size_per_rank: int | None = None
+    effective_batch_size: int | None = None
+    effective_lr: float | None = None
+
+
+@dataclass
 class RunConfig:
     """Everything needed to rebuild and continue a run; saved as the run's ``config.json``."""
 
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "RunConfig":
-        sections = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
+        sections = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig,
+                    "distributed": DistributedConfig}
         unknown = set(values) - set(sections)
         if unknown:
             raise ConfigError(f"unknown config sections {sorted(unknown)}; expected {sorted(sections)}")
@@ -166,13 +183,14 @@ class RunConfig:
 
 
 def config_differences(requested: RunConfig, saved: RunConfig, ignore: tuple[str, ...] = ()) -> list[str]:
-    """Settings that differ, as ``section.name: saved X, requested Y`` (``ignore`` by dotted name)."""
+    """Settings that differ, as ``section.name: saved X, requested Y`` (``ignore`` by section or dotted name)."""
     differences = []
     saved_values, requested_values = saved.to_dict(), requested.to_dict()
     for section, values in saved_values.items():
         for name, saved_value in values.items():
             requested_value = requested_values[section][name]
-            if f"{section}.{name}" not in ignore and requested_value != saved_value:
+            ignored = section in ignore or f"{section}.{name}" in ignore
+            if not ignored and requested_value != saved_value:
                 differences.append(f"{section}.{name}: checkpoint {saved_value!r}, requested {requested_value!r}")
     return differences
 

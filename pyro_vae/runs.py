@@ -64,7 +64,8 @@ def load_run(path: str | Path, device: str | torch.device = "cpu") -> LoadedRun:
     checkpoint = load_checkpoint(checkpoint_path, map_location=device)
     config = RunConfig.from_dict(checkpoint["config"])
     if path.is_dir():
-        differences = config_differences(RunConfig.load(path / CONFIG_FILE), config, ignore=("train.epochs",))
+        differences = config_differences(RunConfig.load(path / CONFIG_FILE), config,
+                                         ignore=("train.epochs", "distributed"))
         if differences:
             raise ConfigError(f"{checkpoint_path} was trained with other settings than {path / CONFIG_FILE} "
                               f"says ({'; '.join(differences)}); restore the run's config.json")

@@ -19,8 +19,11 @@ from tqdm.auto import tqdm
 
 from .batches import EpochBatches
 from .checkpoint import load_checkpoint, restore_rng_states, rng_states, save_checkpoint
-from .config import ConfigError, RunConfig, config_differences
+from .config import ConfigError, DistributedConfig, RunConfig, config_differences
 from .devices import resolve_device
+from .distributed import (Replicas, ShardedBatches, barrier, broadcast_from_main, check_replicas_in_sync,
+                          device_of, reduce_min, reduce_sum, replicas_from_environment, seed_rank_for_epoch,
+                          wrap_loss)
 from .evaluate import dataset_elbo_terms
 from .models import build_model
 from .objectives import NegativeELBO, kl_weight_at, make_objective
@@ -31,7 +34,6 @@ from .runs import (BEST_CHECKPOINT, CONFIG_FILE, LAST_CHECKPOINT, METRICS_FILE, 
                    summarize_terms)
 
 logger = logging.getLogger(__name__)
-
 
 
 @dataclass
@@ -70,39 +72,72 @@ def fit(config: RunConfig, run_dir: str | Path, *, resume: bool = False, overwri
     With ``resume=True`` the run continues from ``last.pt`` and ``config`` must be the run's own.
     A non-finite loss or parameter stops training with :class:`TrainingDiverged`, keeping the last
     good checkpoints; ``detect_anomaly`` runs torch's anomaly detection to find the operation.
+
+    Under ``torchrun`` (``WORLD_SIZE`` > 1) every process calls ``fit`` with the same arguments:
+    they train one model data-parallel (see :mod:`pyro_vae.distributed`) and only rank 0 writes.
     """
-    run_dir = Path(run_dir)
     config.validate()
-    replaced = check_run_dir(run_dir, resume=resume, overwrite=overwrite)
-    device = resolve_device(config.train.device)
+    with replicas_from_environment(config.train.device) as replicas:
+        return _fit(config, Path(run_dir), replicas, resume=resume, overwrite=overwrite,
+                    progress=progress and replicas.is_main, detect_anomaly=detect_anomaly)
+
+
+def _fit(config: RunConfig, run_dir: Path, replicas: Replicas, *, resume: bool, overwrite: bool, progress: bool,
+         detect_anomaly: bool) -> FitResult:
     train_config = config.train
+    config.distributed = _distributed_settings(train_config, replicas)
+    replaced = check_run_dir(run_dir, resume=resume, overwrite=overwrite) if replicas.is_main else []
+    device = device_of(replicas, resolve_device(train_config.device))
     pyro.clear_param_store()
     pyro.set_rng_seed(train_config.seed)
 
+    if not replicas.is_main:
+        barrier(replicas)  # rank 0 downloads the data, if it must, before the others read it
     dataset, config.data = load_run_data(config.data, config.model.likelihood, train_config.seed, device)
+    if replicas.is_main:
+        barrier(replicas)
     logger.info("data: %s (%s), %d train / %d valid / %d test images, binarization %s",
                 dataset.name, dataset.source, len(dataset.train_images), len(dataset.valid_images),
                 len(dataset.test_images), config.data.binarize)
 
     model = build_model(config.model, x_dim=dataset.train_images.shape[1]).to(device)
     loss_module, batches = _loss_and_batches(config, dataset, model)
+    batches = ShardedBatches(batches, replicas, loss_module.num_images)
     optimizer = torch.optim.Adam(model.parameters(), lr=train_config.lr)
     state: dict[str, Any] = {"epoch": 0, "step": 0, "best_valid_score": -math.inf, "best_epoch": 0}
     if resume:
-        state = _restore(run_dir, config, model, optimizer, device)
-        _truncate_metrics(run_dir / METRICS_FILE, state["epoch"])
+        state = _restore(run_dir, config, model, optimizer, device, replicas)
         logger.info("resuming after epoch %d (step %d)", state["epoch"], state["step"])
-    for path in replaced:  # only now that the new run is known to start
-        shutil.rmtree(path) if path.is_dir() else path.unlink()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    config.save(run_dir / CONFIG_FILE)
+    forward = wrap_loss(loss_module, replicas)
+    if replicas.is_main:
+        if resume:
+            _truncate_metrics(run_dir / METRICS_FILE, state["epoch"])
+        for path in replaced:  # only now that the new run is known to start
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+        run_dir.mkdir(parents=True, exist_ok=True)
+        config.save(run_dir / CONFIG_FILE)
+    if replicas.is_distributed:
+        logger.info("data-parallel over %d processes (%s): %d images per rank per step, global batch %d, lr %g",
+                    replicas.world_size, replicas.backend, config.distributed.batch_size_per_rank,
+                    train_config.batch_size, train_config.lr)
 
     anomaly_detection = torch.autograd.detect_anomaly() if detect_anomaly else nullcontext()
     with anomaly_detection:
         for epoch in range(state["epoch"] + 1, train_config.epochs + 1):
-            _run_epoch(epoch, state, run_dir, config, dataset, model, loss_module, optimizer, batches, progress)
+            _run_epoch(epoch, state, run_dir, config, dataset, model, loss_module, forward, optimizer, batches,
+                       replicas, progress)
 
-    return _summarize_run(run_dir, config, dataset, model, loss_module, device)
+    return _summarize_run(run_dir, config, dataset, model, loss_module, device, replicas)
+
+
+def _distributed_settings(train_config, replicas: Replicas) -> DistributedConfig:
+    """What ``config.json`` records about the processes; refuses a batch that does not split evenly."""
+    if train_config.batch_size % replicas.world_size:
+        raise ConfigError(f"--batch-size {train_config.batch_size} (the global batch) does not split evenly over "
+                          f"{replicas.world_size} processes; use a multiple of {replicas.world_size}")
+    return DistributedConfig(world_size=replicas.world_size, backend=replicas.backend,
+                             batch_size_per_rank=train_config.batch_size // replicas.world_size,
+                             effective_batch_size=train_config.batch_size, effective_lr=train_config.lr)
 
 
 def _loss_and_batches(config: RunConfig, dataset, model) -> tuple[nn.Module, EpochBatches | SemiSupervisedBatches]:
@@ -137,28 +172,35 @@ def score_split(config: RunConfig, model, loss_module, images: torch.Tensor, lab
 
 
 def train_steps(epoch: int, first_step: int, loss_module, optimizer, batches, train_config,
-                 progress: bool) -> tuple[torch.Tensor, torch.Tensor]:
+                progress: bool, forward: nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """One pass over the training data. Returns the loss module's statistics summed over the epoch
     and the first step (counted from 1 over the run) whose loss was not finite, inf if none; both
-    stay on the device, so there is no per-step host synchronisation."""
+    stay on the device, so there is no per-step host synchronisation.
+
+    ``batches`` is a :class:`~pyro_vae.distributed.ShardedBatches` or batches of one process;
+    ``forward`` calls ``loss_module`` (DistributedDataParallel around it when distributed).
+    """
+    if not isinstance(batches, ShardedBatches):
+        batches = ShardedBatches(batches, Replicas(), loss_module.num_images)
+    forward = forward or loss_module
     device = next(loss_module.parameters()).device
     totals = None
     step_counter = torch.full((), float(first_step), device=device)
     first_nonfinite_step = torch.full((), math.inf, device=device)
     bar = tqdm(batches.epoch(epoch), total=len(batches), desc=f"epoch {epoch}", leave=False,
                disable=not progress or None)
-    for step, batch in enumerate(bar, start=first_step):
+    for step, (batch, images_per_rank) in enumerate(bar, start=first_step):
         if isinstance(loss_module, NegativeELBO):
             loss_module.kl_weight = kl_weight_at(step, len(batches), train_config.beta, train_config.kl_warmup_epochs)
         try:
-            loss = loss_module(*batch)
+            loss = forward(*batch)
         except ValueError:  # distribution validation meets NaN parameters before the loss can
             if _parameters_finite(loss_module.model):
                 raise
             first_nonfinite_step.clamp_(max=step + 1)
             break
         optimizer.zero_grad(set_to_none=True)
-        (loss / loss_module.num_images(*batch)).backward()
+        (loss / images_per_rank).backward()
         optimizer.step()
         statistics = loss_module.last_statistics()
         totals = statistics if totals is None else totals + statistics
@@ -169,16 +211,27 @@ def train_steps(epoch: int, first_step: int, loss_module, optimizer, batches, tr
 
 
 def _run_epoch(epoch: int, state: dict[str, Any], run_dir: Path, config: RunConfig, dataset, model,
-               loss_module, optimizer, batches, progress: bool) -> None:
-    """Train one epoch, score validation, append metrics, then checkpoint (last, and best if improved)."""
+               loss_module, forward, optimizer, batches: ShardedBatches, replicas: Replicas, progress: bool) -> None:
+    """Train one epoch, score validation, append metrics, then checkpoint (last, and best if improved).
+
+    Distributed: training statistics are summed over ranks; rank 0 alone scores and writes.
+    """
     started = time.perf_counter()
     train_config = config.train
+    if replicas.is_distributed:
+        seed_rank_for_epoch(train_config.seed, epoch, replicas)
     model.train()
     totals, first_nonfinite_step = train_steps(epoch, state["step"], loss_module, optimizer, batches,
-                                                train_config, progress)
+                                               train_config, progress, forward)
+    first_nonfinite_step = reduce_min(first_nonfinite_step, replicas)
     _stop_if_diverged(first_nonfinite_step, model, epoch, state, run_dir)
+    check_replicas_in_sync(model, replicas)
     state["step"] += len(batches)
-    train = loss_module.epoch_summary(totals.tolist())
+    train = loss_module.epoch_summary(reduce_sum(totals, replicas).tolist())
+    train_seconds = time.perf_counter() - started
+    if not replicas.is_main:
+        state["epoch"] = epoch
+        return
 
     model.eval()
     splits = ("valid", "test") if isinstance(loss_module, SemiSupervisedLoss) else ("valid",)
@@ -193,6 +246,7 @@ def _run_epoch(epoch: int, state: dict[str, Any], run_dir: Path, config: RunConf
         "epoch": epoch,
         "step": state["step"],
         "seconds": time.perf_counter() - started,
+        "train_seconds": train_seconds,
         "objective": train_config.objective,
         "kl_weight": getattr(loss_module, "kl_weight", 1.0),
         "train": train,
@@ -255,15 +309,24 @@ def _checkpoint_state(config: RunConfig, model, optimizer, state: dict[str, Any]
     }
 
 
-def _restore(run_dir: Path, config: RunConfig, model, optimizer, device: torch.device) -> dict[str, Any]:
-    checkpoint = load_checkpoint(run_dir / LAST_CHECKPOINT, map_location=device)
-    differences = config_differences(config, RunConfig.from_dict(checkpoint["config"]), ignore=("train.epochs",))
-    if differences:
-        raise ConfigError(f"cannot resume {run_dir}: its checkpoint was trained with other settings "
-                          f"({'; '.join(differences)}); restore its config.json or start a new run")
+def _restore(run_dir: Path, config: RunConfig, model, optimizer, device: torch.device,
+             replicas: Replicas) -> dict[str, Any]:
+    """Load ``last.pt`` into model and optimizer; distributed, rank 0 reads it and sends it to the others
+    (their nodes need not share its disk). The number of processes may differ from the run's start."""
+    checkpoint = None
+    if replicas.is_main:
+        checkpoint = load_checkpoint(run_dir / LAST_CHECKPOINT, map_location=device)
+        differences = config_differences(config, RunConfig.from_dict(checkpoint["config"]),
+                                         ignore=("train.epochs", "distributed"))
+        if differences:
+            raise ConfigError(f"cannot resume {run_dir}: its checkpoint was trained with other settings "
+                              f"({'; '.join(differences)}); restore its config.json or start a new run")
+    if replicas.is_distributed:
+        checkpoint = broadcast_from_main(checkpoint, replicas)
     model.load_state_dict(checkpoint["model"])
     optimizer.load_state_dict(checkpoint["optimizer"])
-    restore_rng_states(checkpoint["rng"])
+    if not replicas.is_distributed:  # ranks reseed every epoch instead
+        restore_rng_states(checkpoint["rng"])
     return {key: checkpoint[key] for key in ("epoch", "step", "best_valid_score", "best_epoch")}
 
 
@@ -276,8 +339,14 @@ def _truncate_metrics(path: Path, last_epoch: int) -> None:
     path.write_text("".join(line + "\n" for line in kept))
 
 
-def _summarize_run(run_dir: Path, config: RunConfig, dataset, model, loss_module, device) -> FitResult:
-    """Score the best checkpoint on validation and test; write and return the summary."""
+def _summarize_run(run_dir: Path, config: RunConfig, dataset, model, loss_module, device,
+                   replicas: Replicas) -> FitResult:
+    """Score the best checkpoint on validation and test; write and return the summary (rank 0 scores and
+    sends the summary to the other ranks)."""
+    if not replicas.is_main:
+        summary = broadcast_from_main(None, replicas)
+        return FitResult(run_dir=run_dir, best_epoch=summary["best_epoch"], valid=summary["valid"],
+                         test=summary["test"])
     best = load_checkpoint(run_dir / BEST_CHECKPOINT, map_location=device)
     model.load_state_dict(best["model"])
     model.eval()
@@ -288,6 +357,8 @@ def _summarize_run(run_dir: Path, config: RunConfig, dataset, model, loss_module
     summary = {"best_epoch": result.best_epoch, "dataset": config.data.dataset,
                "binarization": config.data.binarize, "valid": result.valid, "test": result.test}
     (run_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+    if replicas.is_distributed:
+        broadcast_from_main(summary, replicas)
     if "accuracy" in result.test:
         logger.info("best epoch %d: test accuracy %.2f%% (error %.2f%%), test -ELBO %.2f nats per image",
                     result.best_epoch, 100 * result.test["accuracy"], 100 * (1 - result.test["accuracy"]),
