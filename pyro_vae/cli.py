@@ -1,4 +1,4 @@
-"""The ``pyro-vae`` command: ``train`` a model, ``evaluate`` a run's best checkpoint, ``sample`` images from it."""
+"""The ``pyro-vae`` command: ``train`` a model; ``evaluate``, ``sample``, ``plot``, ``score`` and ``embed`` a run."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from . import config as cfg
 from .checkpoint import CheckpointError
 from .distributed import ReplicasOutOfSync
 from .formats import DataFileError
-from .runs import CONFIG_FILE, estimate_run, load_run, write_per_datapoint_csv
+from .runs import CONFIG_FILE, estimate_run, load_run, write_embeddings, write_per_datapoint_csv
 from .train import TrainingDiverged, fit
 
 DEFAULTS = cfg.RunConfig()
@@ -124,6 +124,11 @@ def _add_train_parser(subparsers) -> argparse.ArgumentParser:
     group.add_argument("--no-progress", action="store_true", help="no progress bars")
     group.add_argument("--detect-anomaly", action="store_true",
                        help="run torch's autograd anomaly detection (slow; to find where NaNs arise)")
+    group.add_argument("--tensorboard", action="store_true",
+                       help="also log metrics and figures to RUN_DIR/tensorboard (pip install 'pyro-vae[tensorboard]')")
+    group.add_argument("--plot-every", type=_non_negative_int, default=0,
+                       help="also write reconstructions and samples to RUN_DIR/figures every N epochs (0: only at "
+                            "the end)")
     return parser
 
 
@@ -191,12 +196,90 @@ def run_sample(args: argparse.Namespace) -> None:
     print(f"wrote {args.out}")
 
 
+def _add_plot_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "plot", help="write the figures that fit a run's model into RUN_DIR/figures",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("run_dir", type=Path, help="a run directory (uses checkpoints/best.pt and metrics.jsonl)")
+    parser.add_argument("--out", type=Path, default=None, help="folder for the PNGs (default: RUN_DIR/figures)")
+    parser.add_argument("--num-images", type=_int_at_least(2), default=10,
+                        help="test images shown in reconstructions, interpolations, denoising")
+    parser.add_argument("--latent-method", choices=("pca", "tsne"), default="pca",
+                        help="projection of latents with more than 2 dimensions (tsne needs scikit-learn)")
+    parser.add_argument("--device", choices=cfg.DEVICES, default="auto")
+
+
+def run_plot(args: argparse.Namespace) -> None:
+    from .run_figures import write_run_figures  # matplotlib costs 0.65 s of start-up; only drawing needs it
+
+    run = load_run(args.run_dir, args.device)
+    try:
+        paths = write_run_figures(run, args.run_dir, args.out, args.num_images, args.latent_method)
+    except ValueError as error:
+        raise cfg.ConfigError(str(error)) from None
+    for path in paths:
+        print(f"wrote {path}")
+
+
+def _add_score_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "score", help="per-image anomaly scores (-ELBO, -log p(x)); with --dataset, the AUROC against another set",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("run_dir", type=Path, help="a run directory (uses checkpoints/best.pt)")
+    parser.add_argument("--dataset", choices=cfg.DATASETS, default=None,
+                        help="an out-of-distribution dataset to score against the run's own")
+    parser.add_argument("--data-dir", default="data", help="where --dataset's files are")
+    parser.add_argument("--no-download", dest="download", action="store_false", help="never try to download data")
+    parser.add_argument("--split", choices=("test", "valid"), default="test")
+    parser.add_argument("--num-samples", type=_positive_int, default=1000, help="K for the importance-sampled log p(x)")
+    parser.add_argument("--num-particles", type=_positive_int, default=10, help="samples for the ELBO")
+    parser.add_argument("--batch-size", type=_positive_int, default=100, help="images scored at once")
+    parser.add_argument("--device", choices=cfg.DEVICES, default="auto")
+    parser.add_argument("--csv", type=Path, default=None, help="write per-image scores here")
+    parser.add_argument("--json", type=Path, default=None, help="also write the summary here")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def run_score(args: argparse.Namespace) -> None:
+    from .scoring import score_run, write_scores_csv
+
+    summary, scores = score_run(args.run_dir, args.dataset, data_dir=args.data_dir, download=args.download,
+                                split=args.split, num_samples=args.num_samples, num_particles=args.num_particles,
+                                batch_size=args.batch_size, device=args.device, progress=not args.no_progress)
+    text = json.dumps(summary, indent=2)
+    print(text)
+    if args.json is not None:
+        args.json.write_text(text + "\n")
+    if args.csv is not None:
+        write_scores_csv(scores, args.csv)
+
+
+def _add_embed_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "embed", help="export the latent means E_q[z|x] of a split as .npy or .csv",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("run_dir", type=Path, help="a run directory (uses checkpoints/best.pt)")
+    parser.add_argument("--out", type=Path, required=True,
+                        help="FILE.npy (labels go to FILE.labels.npy) or FILE.csv (index, label, z0, z1, ...)")
+    parser.add_argument("--split", choices=("test", "valid", "train"), default="test")
+    parser.add_argument("--device", choices=cfg.DEVICES, default="auto")
+
+
+def run_embed(args: argparse.Namespace) -> None:
+    run = load_run(args.run_dir, args.device)
+    means = write_embeddings(run, args.split, args.out)
+    print(f"wrote {args.out}: {means.shape[0]} {args.split} images x {means.shape[1]} latent dimensions")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _OneLineErrors(prog="pyro-vae", description=__doc__)
     subparsers = parser.add_subparsers(dest="command", required=True)
     parser.train_parser = _add_train_parser(subparsers)
     _add_evaluate_parser(subparsers)
     _add_sample_parser(subparsers)
+    _add_plot_parser(subparsers)
+    _add_score_parser(subparsers)
+    _add_embed_parser(subparsers)
     return parser
 
 
@@ -232,7 +315,7 @@ def _run_train(args: argparse.Namespace, train_parser: argparse.ArgumentParser) 
     if _rank() == 0:
         print(f"run directory: {run_dir}")
     fit(config, run_dir, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress,
-        detect_anomaly=args.detect_anomaly)
+        detect_anomaly=args.detect_anomaly, plot_every=args.plot_every, tensorboard=args.tensorboard)
 
 
 def _launched_ranks() -> int:
@@ -253,10 +336,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "train":
             _run_train(args, parser.train_parser)
-        elif args.command == "sample":
-            run_sample(args)
-        else:
+        elif args.command == "evaluate":
             run_estimate(args.run_dir, args)
+        else:
+            {"sample": run_sample, "plot": run_plot, "score": run_score, "embed": run_embed}[args.command](args)
     except (cfg.ConfigError, DataFileError, CheckpointError) as error:
         print(f"pyro-vae {args.command}: error: {error}", file=sys.stderr)
         return 2

@@ -1,12 +1,24 @@
-"""Figures as matplotlib objects (no pyplot, no display needed); the caller decides where to save them."""
+"""Figures as matplotlib objects (no pyplot, no display needed); the caller decides where to save them.
+
+Images are drawn as digits are, black ink on white, on the fixed range [0, 1] of pixel
+probabilities. Conditional models (CVAE, M2) take the images' labels ``y`` where they encode or
+decode; M2 uses its classifier's label when ``y`` is not given.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from matplotlib.figure import Figure
 
+from .models import latent_means
 from .models.cvae import ConditionalVAE
+from .models.ssvae import SSVAE
 from .models.vae import VAE
+
+Model = VAE | ConditionalVAE
 
 
 def image_grid(images: torch.Tensor, num_rows: int, image_shape: tuple[int, int] = (28, 28),
@@ -71,3 +83,192 @@ def _prior_draws(model: VAE | ConditionalVAE, num: int, seed: int) -> torch.Tens
     """``num`` seeded draws from p(z) = N(0, I), on the model's device."""
     generator = torch.Generator().manual_seed(seed)
     return torch.randn(num, model.z_dim, generator=generator).to(next(model.parameters()).device)
+
+
+def _decode(model: Model, z: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+    return model.decode(z, y) if isinstance(model, ConditionalVAE) else model.decode(z)
+
+
+def _labels_for_decoding(model: Model, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor | None:
+    """The labels a conditional model decodes with: the given ones, else M2's classifier's."""
+    if isinstance(model, SSVAE) and y is None:
+        return model.predict(x)
+    return y if isinstance(model, ConditionalVAE) else None
+
+
+@torch.no_grad()
+def reconstructions_figure(model: Model, x: torch.Tensor, y: torch.Tensor | None = None) -> Figure:
+    """Inputs (top row) over their reconstructions, the mean of p(x|z) at z = E_q[z|x] (bottom row)."""
+    y = _labels_for_decoding(model, x, y)
+    reconstructions = _decode(model, latent_means(model, x, y), y)
+    return image_grid(torch.cat([x, reconstructions]), num_rows=2, row_labels=["input", "recon."],
+                      title="inputs and reconstructions, mean of p(x | z = E_q[z|x])")
+
+
+def _principal_components(points: torch.Tensor, num: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+    """Projections of ``points`` on their first ``num`` principal axes, and each axis' share of variance."""
+    centred = points.double() - points.double().mean(0)
+    _, singular_values, right = torch.linalg.svd(centred, full_matrices=False)
+    explained = singular_values.square() / singular_values.square().sum()
+    return (centred @ right[:num].T).float(), explained[:num]
+
+
+def _tsne(points: torch.Tensor, seed: int) -> torch.Tensor:
+    try:
+        from sklearn.manifold import TSNE
+    except ImportError:
+        raise ValueError("t-SNE needs scikit-learn (pip install scikit-learn); use method='pca' without it") from None
+    return torch.as_tensor(TSNE(n_components=2, random_state=seed, init="pca").fit_transform(points.double().numpy()))
+
+
+def latent_scatter(means: torch.Tensor, labels: torch.Tensor | None = None, method: str = "pca",
+                   seed: int = 0) -> Figure:
+    """Posterior means E_q[z|x] as points coloured by label: 2-D latents directly, more through PCA
+    (``method="pca"``, axes showing the variance they explain) or t-SNE (``method="tsne"``, scikit-learn)."""
+    if method not in ("pca", "tsne"):
+        raise ValueError(f"method {method!r} is not one of: pca, tsne")
+    means = means.detach().cpu()
+    if means.shape[1] == 1:
+        raise ValueError("a 1-D latent space has no scatter plot; train with --z-dim >= 2")
+    if means.shape[1] == 2:
+        points, axis_labels, title = means, ("z[0]", "z[1]"), "E_q[z|x] of test images"
+    elif method == "pca":
+        points, explained = _principal_components(means)
+        axis_labels = tuple(f"PC {i + 1} ({100 * float(share):.0f}% of variance)" for i, share in enumerate(explained))
+        title = f"E_q[z|x] of test images, first 2 principal components of {means.shape[1]}-D"
+    else:
+        points, axis_labels = _tsne(means, seed), ("t-SNE 1", "t-SNE 2")
+        title = f"E_q[z|x] of test images, t-SNE of {means.shape[1]}-D"
+    figure = Figure(figsize=(6.4, 5.4))
+    axes = figure.add_subplot()
+    colours = None if labels is None else labels.cpu().numpy()
+    scatter = axes.scatter(points[:, 0].numpy(), points[:, 1].numpy(), c=colours, cmap="tab10", s=3, alpha=0.7,
+                           vmin=-0.5, vmax=9.5)
+    if labels is not None:
+        colour_bar = figure.colorbar(scatter, ax=axes, ticks=range(10))
+        colour_bar.set_label("label")
+    axes.set_xlabel(axis_labels[0])
+    axes.set_ylabel(axis_labels[1])
+    axes.set_title(title, fontsize=9)
+    figure.tight_layout()
+    return figure
+
+
+@torch.no_grad()
+def manifold_grid(model: VAE, num_per_side: int = 20) -> Figure:
+    """Means of p(x|z) over a grid of 2-D latents at evenly spaced quantiles of N(0, 1) per axis
+    (Kingma & Welling, 2014, fig. 4), z[0] left to right and z[1] bottom to top."""
+    if isinstance(model, ConditionalVAE) or model.z_dim != 2:
+        raise ValueError(f"the decoded manifold needs a VAE with a 2-D latent (--z-dim 2); this is a "
+                         f"{type(model).__name__} with {model.z_dim} latent dimensions")
+    quantiles = torch.distributions.Normal(0.0, 1.0).icdf(torch.linspace(0.05, 0.95, num_per_side))
+    z1, z0 = torch.meshgrid(quantiles.flip(0), quantiles, indexing="ij")  # top row: largest z[1]
+    z = torch.stack([z0.reshape(-1), z1.reshape(-1)], dim=1).to(next(model.parameters()).device)
+    return image_grid(model.decode(z), num_rows=num_per_side,
+                      title="p(x | z) over z at N(0, 1) quantiles 0.05..0.95 (z[0] across, z[1] up)")
+
+
+@torch.no_grad()
+def interpolation_figure(model: Model, x_start: torch.Tensor, x_end: torch.Tensor, num_steps: int = 10,
+                         y_start: torch.Tensor | None = None) -> Figure:
+    """One row per pair: means of p(x|z) along the straight line from E_q[z|x_start] to E_q[z|x_end].
+
+    A conditional model decodes the whole row with the start image's label.
+    """
+    if num_steps < 2:
+        raise ValueError(f"num_steps must be >= 2 (the two ends), got {num_steps}")
+    y = _labels_for_decoding(model, x_start, y_start)
+    start, end = latent_means(model, x_start, y), latent_means(model, x_end, y)
+    weights = torch.linspace(0, 1, num_steps, device=start.device)
+    z = start[:, None] + weights[None, :, None] * (end - start)[:, None]  # (pairs, steps, z_dim)
+    labels = None if y is None else y.repeat_interleave(num_steps)
+    images = _decode(model, z.reshape(-1, z.shape[-1]), labels)
+    return image_grid(images, num_rows=len(x_start),
+                      title=f"latent interpolation between test images, {num_steps} steps")
+
+
+@torch.no_grad()
+def traversal_figure(model: Model, x: torch.Tensor, dims: Sequence[int], values: Sequence[float] = (
+        -3, -2.25, -1.5, -0.75, 0, 0.75, 1.5, 2.25, 3), y: torch.Tensor | None = None) -> Figure:
+    """For one image: a row per latent dimension in ``dims``, that coordinate of E_q[z|x] set to each of
+    ``values`` (the others held), decoded to the mean of p(x|z)."""
+    if x.shape[0] != 1:
+        raise ValueError(f"a traversal starts from one image; pass x of shape (1, pixels), got {tuple(x.shape)}")
+    y = _labels_for_decoding(model, x, y)
+    z = latent_means(model, x, y)[0]
+    bad = [d for d in dims if not 0 <= d < z.shape[0]]
+    if bad:
+        raise ValueError(f"latent dimensions {bad} do not exist; use 0..{z.shape[0] - 1}")
+    grid = z.repeat(len(dims), len(values), 1)
+    for row, dim in enumerate(dims):
+        grid[row, :, dim] = torch.as_tensor(values, dtype=z.dtype, device=z.device)
+    labels = None if y is None else y.expand(len(dims) * len(values))
+    images = _decode(model, grid.reshape(-1, z.shape[0]), labels)
+    return image_grid(images, num_rows=len(dims), row_labels=[f"z[{d}]" for d in dims],
+                      title=f"traversals: z[d] set to {values[0]:g} .. {values[-1]:g}, the rest at E_q[z|x]")
+
+
+def training_curves(records: list[dict[str, Any]]) -> Figure:
+    """Per-epoch curves from ``metrics.jsonl``: -ELBO, reconstruction and KL, train and validation;
+    for M2 its loss and its validation and test accuracy."""
+    epochs = [record["epoch"] for record in records]
+    if not records:
+        raise ValueError("no epochs to plot: metrics.jsonl is empty")
+    semisupervised = "accuracy" in records[0]["valid"]
+    if semisupervised:
+        panels = [("loss per unlabelled image (nats)", [("train", "train", "loss", 1)]),
+                  ("-ELBO, y summed out (nats)", [("valid", "valid", "elbo", -1)]),
+                  ("accuracy of q(y|x)", [("valid", "valid", "accuracy", 1), ("test", "test", "accuracy", 1)])]
+    else:
+        panels = [("-ELBO (nats per image)", [("train", "train", "elbo", -1), ("valid", "valid", "elbo", -1)]),
+                  ("-E_q[log p(x|z)] (nats)", [("train", "train", "reconstruction", -1),
+                                               ("valid", "valid", "reconstruction", -1)]),
+                  ("KL(q(z|x) || p(z)) (nats)", [("train", "train", "kl", 1), ("valid", "valid", "kl", 1)])]
+    figure = Figure(figsize=(4.0 * len(panels), 3.2))
+    for index, (title, curves) in enumerate(panels):
+        axes = figure.add_subplot(1, len(panels), index + 1)
+        for label, split, key, sign in curves:
+            axes.plot(epochs, [sign * record[split][key] for record in records], label=label, marker="." if
+                      len(epochs) < 30 else None)
+        axes.set_xlabel("epoch")
+        axes.set_title(title, fontsize=9)
+        axes.legend(fontsize=8)
+        axes.grid(alpha=0.3)
+    figure.tight_layout()
+    return figure
+
+
+def accuracy_vs_labels(errors: dict[int, Sequence[float]], published: dict[str, dict[int, float]] | None = None
+                       ) -> Figure:
+    """M2's test error (%) against the number of labels: each seed as a dot, the mean as a line, and
+    published results as dashed lines."""
+    figure = Figure(figsize=(5.6, 4.0))
+    axes = figure.add_subplot()
+    counts = sorted(errors)
+    for count in counts:
+        axes.scatter([count] * len(errors[count]), errors[count], color="tab:blue", s=12, alpha=0.6)
+    axes.plot(counts, [sum(errors[c]) / len(errors[c]) for c in counts], color="tab:blue", marker="o",
+              label="pyro-vae M2 (mean; dots: seeds)")
+    for name, results in (published or {}).items():
+        known = sorted(results)
+        axes.plot(known, [results[c] for c in known], linestyle="--", marker="x", label=name)
+    axes.set_xscale("log")
+    axes.set_xticks(counts, labels=[str(c) for c in counts])
+    axes.minorticks_off()
+    axes.set_xlabel("labelled training images")
+    axes.set_ylabel("test error (%)")
+    axes.set_title("semi-supervised M2 on MNIST", fontsize=9)
+    axes.legend(fontsize=8)
+    axes.grid(alpha=0.3)
+    figure.tight_layout()
+    return figure
+
+
+@torch.no_grad()
+def denoising_figure(model: Model, clean: torch.Tensor, corrupted: torch.Tensor, y: torch.Tensor | None = None
+                     ) -> Figure:
+    """Rows: clean images, their corrupted versions, and the reconstructions of the corrupted ones."""
+    y = _labels_for_decoding(model, corrupted, y)
+    restored = _decode(model, latent_means(model, corrupted, y), y)
+    return image_grid(torch.cat([clean, corrupted, restored]), num_rows=3,
+                      row_labels=["clean", "corrupted", "recon."], title="denoising: reconstructing corrupted inputs")

@@ -8,18 +8,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyro
 import torch
 from torch import nn
 
-from .batches import fixed_binarization
+from .batches import evaluation_batches, fixed_binarization
 from .checkpoint import CheckpointError, load_checkpoint
 from .config import ConfigError, RunConfig, config_differences
 from .data import Dataset, load_dataset
 from .devices import resolve_device
 from .evaluate import (active_units, bits_per_dim, dataset_elbo_terms, dataset_log_likelihood,
                        mean_and_standard_error, posterior_means)
-from .models import build_model
+from .models import build_model, latent_means
 from .semisupervised import classification_accuracy
 
 CONFIG_FILE = "config.json"
@@ -157,3 +158,31 @@ def write_per_datapoint_csv(per_datapoint: dict[str, torch.Tensor], path: Path) 
 def summarize_terms(terms: dict[str, torch.Tensor]) -> dict[str, float]:
     """Mean over datapoints of each per-datapoint term."""
     return {key: value.double().mean().item() for key, value in terms.items()}
+
+
+def write_embeddings(run: LoadedRun, split: str, path: Path, batch_size: int = 1000) -> torch.Tensor:
+    """Write E_q[z|x] of every image of ``split`` (dataset order) and return them.
+
+    ``.npy``: the (images, z_dim) array, and the labels, if any, in ``<stem>.labels.npy``;
+    ``.csv``: a header ``index,label,z0,z1,...`` and one row per image.
+    """
+    path = Path(path)
+    if path.suffix not in (".npy", ".csv"):
+        raise ConfigError(f"--out {path}: write embeddings to a .npy or .csv file")
+    images, labels = evaluation_split(run.dataset, split, run.config.data.binarize, run.config.train.seed)
+    conditioned = run.config.model.model == "cvae"
+    means = torch.cat([latent_means(run.model, x, y if conditioned else None)
+                       for x, y in evaluation_batches(images, labels, batch_size)]).cpu()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".npy":
+        np.save(path, means.numpy())
+        if labels is not None:
+            np.save(path.with_name(f"{path.stem}.labels.npy"), labels.cpu().numpy())
+        return means
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["index", "label", *(f"z{d}" for d in range(means.shape[1]))])
+        label_values = labels.tolist() if labels is not None else [""] * len(means)
+        writer.writerows([index, label, *(f"{v:.6f}" for v in row)]
+                         for index, (label, row) in enumerate(zip(label_values, means.tolist())))
+    return means

@@ -27,11 +27,12 @@ from .distributed import (Replicas, ShardedBatches, barrier, broadcast_from_main
 from .evaluate import dataset_elbo_terms
 from .models import build_model
 from .objectives import NegativeELBO, kl_weight_at, make_objective
-from .semisupervised import (SemiSupervisedBatches, SemiSupervisedLoss, balanced_labelled_indices,
-                             semisupervised_scores)
 from .run_data import load_run_data
 from .runs import (BEST_CHECKPOINT, CONFIG_FILE, LAST_CHECKPOINT, METRICS_FILE, SUMMARY_FILE, evaluation_split,
                    summarize_terms)
+from .semisupervised import (SemiSupervisedBatches, SemiSupervisedLoss, balanced_labelled_indices,
+                             semisupervised_scores)
+from .tensorboard_log import TensorBoardLog, summary_writer_class
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +64,8 @@ def check_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> list[Path]
 
 
 def fit(config: RunConfig, run_dir: str | Path, *, resume: bool = False, overwrite: bool = False,
-        progress: bool = True, detect_anomaly: bool = False) -> FitResult:
+        progress: bool = True, detect_anomaly: bool = False, plot_every: int = 0,
+        tensorboard: bool = False) -> FitResult:
     """Train the configured model by SVI and write the run directory.
 
     Writes ``config.json`` (resolved settings), ``metrics.jsonl`` (one object per epoch),
@@ -72,6 +74,9 @@ def fit(config: RunConfig, run_dir: str | Path, *, resume: bool = False, overwri
     With ``resume=True`` the run continues from ``last.pt`` and ``config`` must be the run's own.
     A non-finite loss or parameter stops training with :class:`TrainingDiverged`, keeping the last
     good checkpoints; ``detect_anomaly`` runs torch's anomaly detection to find the operation.
+    At the end, ``figures/`` gets reconstructions of validation images and samples from the best
+    checkpoint, and every ``plot_every`` epochs (0: never) the same of the current model.
+    ``tensorboard`` also logs metrics and those figures to ``tensorboard/`` (needs the package).
 
     Under ``torchrun`` (``WORLD_SIZE`` > 1) every process calls ``fit`` with the same arguments:
     they train one model data-parallel (see :mod:`pyro_vae.distributed`) and only rank 0 writes.
@@ -79,11 +84,16 @@ def fit(config: RunConfig, run_dir: str | Path, *, resume: bool = False, overwri
     config.validate()
     with replicas_from_environment(config.train.device) as replicas:
         return _fit(config, Path(run_dir), replicas, resume=resume, overwrite=overwrite,
-                    progress=progress and replicas.is_main, detect_anomaly=detect_anomaly)
+                    progress=progress and replicas.is_main, detect_anomaly=detect_anomaly, plot_every=plot_every,
+                    tensorboard=tensorboard)
 
 
 def _fit(config: RunConfig, run_dir: Path, replicas: Replicas, *, resume: bool, overwrite: bool, progress: bool,
-         detect_anomaly: bool) -> FitResult:
+         detect_anomaly: bool, plot_every: int, tensorboard: bool) -> FitResult:
+    if plot_every < 0:
+        raise ConfigError(f"--plot-every must be >= 0 (0: only at the end), got {plot_every}")
+    if tensorboard and replicas.is_main:
+        summary_writer_class()  # refuse before anything is written when the package is missing
     train_config = config.train
     config.distributed = _distributed_settings(train_config, replicas)
     replaced = check_run_dir(run_dir, resume=resume, overwrite=overwrite) if replicas.is_main else []
@@ -116,18 +126,26 @@ def _fit(config: RunConfig, run_dir: Path, replicas: Replicas, *, resume: bool, 
             shutil.rmtree(path) if path.is_dir() else path.unlink()
         run_dir.mkdir(parents=True, exist_ok=True)
         config.save(run_dir / CONFIG_FILE)
+    log = TensorBoardLog(run_dir) if tensorboard and replicas.is_main else None
     if replicas.is_distributed:
         logger.info("data-parallel over %d processes (%s): %d images per rank per step, global batch %d, lr %g",
                     replicas.world_size, replicas.backend, config.distributed.batch_size_per_rank,
                     train_config.batch_size, train_config.lr)
 
     anomaly_detection = torch.autograd.detect_anomaly() if detect_anomaly else nullcontext()
-    with anomaly_detection:
-        for epoch in range(state["epoch"] + 1, train_config.epochs + 1):
-            _run_epoch(epoch, state, run_dir, config, dataset, model, loss_module, forward, optimizer, batches,
-                       replicas, progress)
-
-    return _summarize_run(run_dir, config, dataset, model, loss_module, device, replicas)
+    try:
+        with anomaly_detection:
+            for epoch in range(state["epoch"] + 1, train_config.epochs + 1):
+                record = _run_epoch(epoch, state, run_dir, config, dataset, model, loss_module, forward, optimizer,
+                                    batches, replicas, progress)
+                if log is not None:
+                    log.log_epoch(record)
+                if replicas.is_main and plot_every and epoch % plot_every == 0:
+                    _write_snapshot(run_dir, config, dataset, model, epoch, f"_epoch{epoch:03d}", log)
+        return _summarize_run(run_dir, config, dataset, model, loss_module, device, replicas, log)
+    finally:
+        if log is not None:
+            log.close()
 
 
 def _distributed_settings(train_config, replicas: Replicas) -> DistributedConfig:
@@ -211,8 +229,10 @@ def train_steps(epoch: int, first_step: int, loss_module, optimizer, batches, tr
 
 
 def _run_epoch(epoch: int, state: dict[str, Any], run_dir: Path, config: RunConfig, dataset, model,
-               loss_module, forward, optimizer, batches: ShardedBatches, replicas: Replicas, progress: bool) -> None:
-    """Train one epoch, score validation, append metrics, then checkpoint (last, and best if improved).
+               loss_module, forward, optimizer, batches: ShardedBatches, replicas: Replicas, progress: bool
+               ) -> dict[str, Any] | None:
+    """Train one epoch, score validation, append metrics, then checkpoint (last, and best if improved);
+    return the epoch's metrics record (None on ranks other than 0).
 
     Distributed: training statistics are summed over ranks; rank 0 alone scores and writes.
     """
@@ -231,7 +251,7 @@ def _run_epoch(epoch: int, state: dict[str, Any], run_dir: Path, config: RunConf
     train_seconds = time.perf_counter() - started
     if not replicas.is_main:
         state["epoch"] = epoch
-        return
+        return None
 
     model.eval()
     splits = ("valid", "test") if isinstance(loss_module, SemiSupervisedLoss) else ("valid",)
@@ -262,6 +282,7 @@ def _run_epoch(epoch: int, state: dict[str, Any], run_dir: Path, config: RunConf
         save_checkpoint(checkpoint, run_dir / BEST_CHECKPOINT)
     logger.info("epoch %3d/%d  %s  %.1fs%s", epoch, train_config.epochs, _describe_epoch(record), record["seconds"],
                 "  *" if improved else "")
+    return record
 
 
 def _describe_epoch(record: dict[str, Any]) -> str:
@@ -330,6 +351,21 @@ def _restore(run_dir: Path, config: RunConfig, model, optimizer, device: torch.d
     return {key: checkpoint[key] for key in ("epoch", "step", "best_valid_score", "best_epoch")}
 
 
+def _write_snapshot(run_dir: Path, config: RunConfig, dataset, model, epoch: int, suffix: str = "",
+                    log: TensorBoardLog | None = None) -> None:
+    """Reconstructions of 10 validation images (one per class where labelled) and prior samples in figures/."""
+    from .run_figures import FIGURES_DIR, first_of_each_class, save_figure, snapshot_figures  # matplotlib
+
+    images, labels = evaluation_split(dataset, "valid", config.data.binarize, config.train.seed)
+    chosen = first_of_each_class(labels, 10) if labels is not None else torch.arange(min(10, len(images)))
+    conditioned = config.model.model == "cvae"
+    figures = snapshot_figures(model, images[chosen], labels[chosen] if conditioned else None, config.train.seed)
+    paths = [save_figure(figure, run_dir / FIGURES_DIR / f"{name}{suffix}.png") for name, figure in figures.items()]
+    if log is not None:
+        log.log_figures(figures, epoch)
+    logger.info("figures: %s", ", ".join(str(path) for path in paths))
+
+
 def _truncate_metrics(path: Path, last_epoch: int) -> None:
     """Drop metrics of epochs after the checkpoint (written before a crash lost their checkpoint)."""
     if not path.exists():
@@ -340,7 +376,7 @@ def _truncate_metrics(path: Path, last_epoch: int) -> None:
 
 
 def _summarize_run(run_dir: Path, config: RunConfig, dataset, model, loss_module, device,
-                   replicas: Replicas) -> FitResult:
+                   replicas: Replicas, log: TensorBoardLog | None = None) -> FitResult:
     """Score the best checkpoint on validation and test; write and return the summary (rank 0 scores and
     sends the summary to the other ranks)."""
     if not replicas.is_main:
@@ -357,6 +393,7 @@ def _summarize_run(run_dir: Path, config: RunConfig, dataset, model, loss_module
     summary = {"best_epoch": result.best_epoch, "dataset": config.data.dataset,
                "binarization": config.data.binarize, "valid": result.valid, "test": result.test}
     (run_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+    _write_snapshot(run_dir, config, dataset, model, result.best_epoch, log=log)
     if replicas.is_distributed:
         broadcast_from_main(summary, replicas)
     if "accuracy" in result.test:

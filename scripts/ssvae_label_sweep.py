@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 from pyro_vae import DataConfig, ModelConfig, RunConfig, TrainConfig, fit, load_run
-from pyro_vae.plots import class_conditional_grid
+from pyro_vae.plots import accuracy_vs_labels, class_conditional_grid
 
 # Published MNIST test error (%) by number of labels.
 PUBLISHED = {
@@ -103,6 +103,10 @@ def main() -> int:
     table = markdown_table(errors, args)
     (args.out / "error_table.md").write_text(table)
     print(table)
+
+    figure = accuracy_vs_labels(errors, PUBLISHED)
+    figure.savefig(args.out / "error_vs_labels.png", dpi=120)
+    print(f"test error against labels: {args.out / 'error_vs_labels.png'}")
 
     sampled_run = args.out / f"labels{max(args.labels)}-seed{args.seeds[0]}"
     figure = class_conditional_grid(load_run(sampled_run, args.device).model)

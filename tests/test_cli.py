@@ -26,7 +26,9 @@ def test_train_one_epoch_on_the_sample_writes_the_run_directory(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "epoch   1/1  train -ELBO" in result.stdout and "test -ELBO" in result.stdout
     run = tmp_path / "run"
-    assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "config.json", "metrics.jsonl", "summary.json"]
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "config.json", "figures", "metrics.jsonl",
+                                                     "summary.json"]
+    assert sorted(p.name for p in (run / "figures").iterdir()) == ["reconstructions.png", "samples.png"]
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.pt", "last.pt"]
     assert json.loads((run / "config.json").read_text())["model"]["z_dim"] == 8
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 1

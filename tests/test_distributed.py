@@ -162,7 +162,7 @@ def test_torchrun_writes_one_run_and_resumes_like_an_uninterrupted_run(tmp_path)
     assert "data-parallel over 2 processes (gloo): 64 images per rank per step, global batch 128" in straight.stdout
     assert sorted(p.name for p in tmp_path.iterdir()) == ["straight"]
     assert sorted(p.name for p in (tmp_path / "straight").iterdir()) == [
-        "checkpoints", "config.json", "metrics.jsonl", "summary.json"]
+        "checkpoints", "config.json", "figures", "metrics.jsonl", "summary.json"]
     assert sorted(p.name for p in (tmp_path / "straight" / "checkpoints").iterdir()) == ["best.pt", "last.pt"]
     config = json.loads((tmp_path / "straight" / "config.json").read_text())
     assert config["distributed"] == {"world_size": 2, "backend": "gloo", "batch_size_per_rank": 64,

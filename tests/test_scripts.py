@@ -87,8 +87,8 @@ def test_ssvae_label_sweep_writes_the_table_and_the_sample_figure(tmp_path):
     assert "11.97" not in table  # no published figure for 20 or 50 labels
     summary = json.loads((tmp_path / "sweep" / "labels50-seed1" / "summary.json").read_text())
     assert 0 <= summary["test"]["accuracy"] <= 1
-    png = (tmp_path / "sweep" / "class_conditional_samples.png").read_bytes()
-    assert png.startswith(b"\x89PNG")
+    for name in ("class_conditional_samples.png", "error_vs_labels.png"):
+        assert (tmp_path / "sweep" / name).read_bytes().startswith(b"\x89PNG")
 
 
 def test_benchmark_compares_training_with_the_hand_written_step(tmp_path):

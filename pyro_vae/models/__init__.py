@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import torch
+
 from ..config import ModelConfig
 from .cvae import ConditionalVAE
 from .ssvae import SSVAE
 from .vae import VAE
 
-__all__ = ["SSVAE", "VAE", "ConditionalVAE", "build_model"]
+__all__ = ["SSVAE", "VAE", "ConditionalVAE", "build_model", "latent_means"]
 
 
 def build_model(config: ModelConfig, x_dim: int = 784) -> VAE | ConditionalVAE | SSVAE:
@@ -26,3 +28,14 @@ def build_model(config: ModelConfig, x_dim: int = 784) -> VAE | ConditionalVAE |
             gaussian_scale=config.gaussian_scale,
         )
     raise ValueError(f"unknown model {config.model!r}; use vae, cvae or ssvae")
+
+
+def latent_means(model: VAE | ConditionalVAE, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+    """E_q[z|x] of each image: a CVAE needs the labels ``y``; M2 uses its classifier's label without them."""
+    if isinstance(model, SSVAE):
+        return model.encode(x, y)
+    if isinstance(model, ConditionalVAE):
+        if y is None:
+            raise ValueError(f"a {type(model).__name__} encodes x given its label; pass the images' labels y")
+        return model.encode(x, y)
+    return model.encode(x)

@@ -76,9 +76,19 @@ class ConditionalVAE(nn.Module):
         return self.likelihood_dist(z, labels).mean
 
     @torch.no_grad()
+    def encode(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The posterior mean E_q[z|x, y] of each image."""
+        return self.posterior_dist(x, self._require_labels(x, y)).mean
+
+    @torch.no_grad()
+    def decode(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The mean of p(x|y, z) for each row of ``z`` and its label."""
+        return self.likelihood_dist(z, y).mean
+
+    @torch.no_grad()
     def reconstruct(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Mean of p(x|y, z) at the posterior mean of q(z|x, y)."""
-        return self.likelihood_dist(self.posterior_dist(x, y).mean, y).mean
+        return self.decode(self.encode(x, y), y)
 
     def _require_labels(self, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
         if y is None:

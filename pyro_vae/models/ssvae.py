@@ -77,7 +77,12 @@ class SSVAE(ConditionalVAE):
         return self.classifier(x).argmax(-1)
 
     @torch.no_grad()
+    def encode(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """The posterior mean E_q[z|x, y]; ``y`` defaults to the classifier's label."""
+        return super().encode(x, self.predict(x) if y is None else y)
+
+    @torch.no_grad()
     def reconstruct(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """Mean of p(x|y, z) at the posterior mean of q(z|x, y); ``y`` defaults to the classifier's label."""
         y = self.predict(x) if y is None else y
-        return self.likelihood_dist(self.posterior_dist(x, y).mean, y).mean
+        return super().reconstruct(x, y)

@@ -81,9 +81,19 @@ class VAE(nn.Module):
             return pyro.sample("z", self.posterior_dist(x))
 
     @torch.no_grad()
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """The posterior mean E_q[z|x] of each image."""
+        return self.posterior_dist(x).mean
+
+    @torch.no_grad()
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """The mean of p(x|z) for each row of ``z``."""
+        return self.likelihood_dist(z).mean
+
+    @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         """Mean of p(x|z) at the posterior mean of q(z|x)."""
-        return self.likelihood_dist(self.posterior_dist(x).mean).mean
+        return self.decode(self.encode(x))
 
     @torch.no_grad()
     def sample_images(self, num_images: int, z: torch.Tensor | None = None) -> torch.Tensor:
