@@ -68,7 +68,7 @@ _non_negative_float = _float_above(0.0, inclusive=True)
 # Settings that define a run: fixed once it started, so --resume refuses them.
 TRAIN_SETTINGS = ("dataset", "data_dir", "binarize", "valid_size", "download", "labels", "model", "arch",
                   "hidden_dim", "z_dim", "likelihood", "gaussian_scale", "objective", "num_particles", "beta",
-                  "kl_warmup_epochs", "aux_weight", "batch_size", "eval_batch_size", "lr", "seed", "device")
+                  "kl_warmup_epochs", "aux_weight", "batch_size", "eval_batch_size", "lr", "seed", "device", "fast")
 
 
 def _add_train_parser(subparsers) -> argparse.ArgumentParser:
@@ -114,6 +114,9 @@ def _add_train_parser(subparsers) -> argparse.ArgumentParser:
     group.add_argument("--batch-size", type=_positive_int, default=train.batch_size)
     group.add_argument("--eval-batch-size", type=_positive_int, default=train.eval_batch_size)
     group.add_argument("--lr", type=_positive_float, default=train.lr)
+    group.add_argument("--fast", action="store_true",
+                       help="compile the networks with torch.compile (eager if that fails, with a warning) and use "
+                            "the fused Adam kernel")
     group.add_argument("--seed", type=int, default=train.seed)
     group.add_argument("--device", choices=cfg.DEVICES, default=train.device)
     group = parser.add_argument_group("run directory")
@@ -307,7 +310,7 @@ def _run_train(args: argparse.Namespace, train_parser: argparse.ArgumentParser) 
                                   kl_warmup_epochs=args.kl_warmup_epochs, aux_weight=args.aux_weight,
                                   epochs=args.epochs or DEFAULTS.train.epochs, batch_size=args.batch_size,
                                   eval_batch_size=args.eval_batch_size, lr=args.lr, seed=args.seed,
-                                  device=args.device),
+                                  device=args.device, fast=args.fast),
         )
     if args.out is None and _launched_ranks() > 1:
         train_parser.error("under torchrun pass --out RUN_DIR, so that every process names the same run directory")

@@ -65,6 +65,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     aux_weight: float = 50.0  # --model ssvae: weight of the classifier term log q(y|x) per labelled image
+    fast: bool = False  # compiled networks and fused Adam (see pyro_vae.fast_path)
 
 
 @dataclass

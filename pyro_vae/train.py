@@ -25,6 +25,7 @@ from .distributed import (Replicas, ShardedBatches, barrier, broadcast_from_main
                           device_of, reduce_min, reduce_sum, replicas_from_environment, seed_rank_for_epoch,
                           wrap_loss)
 from .evaluate import dataset_elbo_terms
+from .fast_path import compile_networks, make_adam
 from .models import build_model
 from .objectives import NegativeELBO, kl_weight_at, make_objective
 from .run_data import load_run_data
@@ -113,7 +114,9 @@ def _fit(config: RunConfig, run_dir: Path, replicas: Replicas, *, resume: bool, 
     model = build_model(config.model, x_dim=dataset.train_images.shape[1]).to(device)
     loss_module, batches = _loss_and_batches(config, dataset, model)
     batches = ShardedBatches(batches, replicas, loss_module.num_images)
-    optimizer = torch.optim.Adam(model.parameters(), lr=train_config.lr)
+    if train_config.fast and compile_networks(loss_module, next(iter(batches.epoch(1)))[0]):
+        logger.info("fast path: networks compiled with torch.compile")
+    optimizer = make_adam(model.parameters(), train_config.lr, fused=train_config.fast)
     state: dict[str, Any] = {"epoch": 0, "step": 0, "best_valid_score": -math.inf, "best_epoch": 0}
     if resume:
         state = _restore(run_dir, config, model, optimizer, device, replicas)

@@ -13,6 +13,7 @@ importance-sampled log p(x) against the bare decoder. ``--markdown`` writes the 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import logging
 from pathlib import Path
@@ -24,6 +25,7 @@ from pyro_vae.benchmarking import bare_decoder_log_density, machine_description,
 from pyro_vae.config import TrainConfig
 from pyro_vae.data import DatasetUnavailable, load_dataset
 from pyro_vae.evaluate import log_likelihood
+from pyro_vae.fast_path import compile_networks, make_adam, networks_of
 from pyro_vae.models import VAE
 from pyro_vae.objectives import NegativeELBO, make_objective
 from pyro_vae.train import train_steps
@@ -42,17 +44,17 @@ class RepeatedBatch:
         return ((self.x, None) for _ in range(self.steps))
 
 
-def ours(vae: VAE, batches, epoch: int = 1) -> None:
+def ours(vae: VAE, batches, epoch: int = 1, fused: bool = False) -> None:
     """One pass of the training loop's step function over ``batches``; statistics read once at the end."""
     loss_module = NegativeELBO(vae, make_objective("elbo"))
-    optimizer = torch.optim.Adam(vae.parameters(), lr=1e-3)
+    optimizer = make_adam(vae.parameters(), 1e-3, fused)
     totals, _ = train_steps(epoch, 0, loss_module, optimizer, batches, TrainConfig(), progress=False)
     totals.tolist()
 
 
-def plain(vae: VAE, batches, epoch: int = 1) -> None:
+def plain(vae: VAE, batches, epoch: int = 1, fused: bool = False) -> None:
     """The same pass with the hand-written loss."""
-    optimizer = torch.optim.Adam(vae.parameters(), lr=1e-3)
+    optimizer = make_adam(vae.parameters(), 1e-3, fused)
     total = torch.zeros((), device=next(vae.parameters()).device)
     for x, _ in batches.epoch(epoch):
         loss = plain_vae_loss(vae, x)
@@ -64,11 +66,40 @@ def plain(vae: VAE, batches, epoch: int = 1) -> None:
 
 
 def compare(label: str, work: int, run_ours, run_plain, repeats: int, device: torch.device) -> dict:
-    ours_s, plain_s = median_seconds(run_ours, repeats, device), median_seconds(run_plain, repeats, device)
+    return row_of(label, work, median_seconds(run_ours, repeats, device), median_seconds(run_plain, repeats, device))
+
+
+def row_of(label: str, work: int, ours_s: float, plain_s: float) -> dict:
     row = {"what": label, "ours_per_s": work / ours_s, "plain_per_s": work / plain_s, "ratio": ours_s / plain_s,
            "ours_s": ours_s, "plain_s": plain_s}
     logging.info(json.dumps(row))
     return row
+
+
+def compiled_copy(vae: VAE) -> VAE:
+    """A copy of ``vae`` with its networks compiled as ``--fast`` compiles them (after a trial step)."""
+    fast = copy.deepcopy(vae)
+    x = torch.bernoulli(torch.full((8, vae.x_dim), 0.13, device=next(vae.parameters()).device))
+    if not compile_networks(NegativeELBO(fast, make_objective("elbo")), (x,)):
+        raise SystemExit("--fast: torch.compile does not work here (see the warning above)")
+    return fast
+
+
+def fast_path_rows(vae: VAE, batch, batch_size: int, steps: int, repeats: int, device: torch.device) -> list[dict]:
+    """--fast (compiled networks, fused Adam) against the eager hand-written step, and against the
+    hand-written step given the same compilation and fused Adam."""
+    fast_ours, fast_plain = compiled_copy(vae), copy.deepcopy(vae)
+    for network in networks_of(fast_plain):
+        network.compile()
+    work = batch_size * steps
+    seconds = {name: median_seconds(function, repeats, device) for name, function in {
+        "ours_fast": lambda: ours(fast_ours, batch, fused=True),
+        "plain": lambda: plain(vae, batch),
+        "plain_fast": lambda: plain(fast_plain, batch, fused=True)}.items()}
+    return [row_of(f"training step, batch {batch_size}, --fast vs eager hand-written (images/s)", work,
+                   seconds["ours_fast"], seconds["plain"]),
+            row_of(f"training step, batch {batch_size}, --fast vs hand-written compiled + fused Adam (images/s)",
+                   work, seconds["ours_fast"], seconds["plain_fast"])]
 
 
 def main() -> None:
@@ -81,6 +112,8 @@ def main() -> None:
     parser.add_argument("--num-images", type=int, default=200, help="images for the log p(x) timing")
     parser.add_argument("--num-samples", type=int, default=1000, help="K for the log p(x) timing")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--fast", action="store_true",
+                        help="also time the --fast path (torch.compile + fused Adam; compiling takes a minute)")
     parser.add_argument("--markdown", type=Path, default=None, help="write the table here")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -93,6 +126,8 @@ def main() -> None:
         batch = RepeatedBatch(torch.bernoulli(torch.full((batch_size, 784), 0.13, device=device)), args.steps)
         rows.append(compare(f"training step, batch {batch_size} (images/s)", batch_size * args.steps,
                             lambda: ours(vae, batch), lambda: plain(vae, batch), args.repeats, device))
+        if args.fast:
+            rows += fast_path_rows(vae, batch, batch_size, args.steps, args.repeats, device)
 
     try:
         dataset = load_dataset("mnist", args.data_dir, download=False, device=device)
@@ -113,7 +148,8 @@ def main() -> None:
                             args.repeats, device))
 
     table = [f"Machine: {machine_description(device)}; torch {torch.__version__}. Command: "
-             f"`python scripts/benchmark.py --data-dir {args.data_dir}` (medians of {args.repeats} repeats, "
+             f"`python scripts/benchmark.py --data-dir {args.data_dir}{' --fast' if args.fast else ''}` "
+             f"(medians of {args.repeats} repeats, "
              f"{args.epoch_repeats} for the epoch).", "",
              "| measurement | ours | hand-written PyTorch | ratio ours / hand-written |", "| --- | --- | --- | --- |"]
     table += [f"| {row['what']} | {row['ours_per_s']:,.0f} | {row['plain_per_s']:,.0f} | {row['ratio']:.2f} |"

@@ -1,0 +1,80 @@
+"""The --fast path: compiled networks compute what the eager Trace_ELBO path computes; failures fall back."""
+
+import copy
+import logging
+
+import pytest
+import torch
+
+from pyro_vae import DataConfig, ModelConfig, RunConfig, TrainConfig, fit
+from pyro_vae.fast_path import compile_networks, make_adam, networks_of
+from pyro_vae.models import VAE
+from pyro_vae.objectives import NegativeELBO, make_objective
+
+
+def loss_and_gradients(loss_module, x, seed):
+    torch.manual_seed(seed)
+    loss_module.zero_grad(set_to_none=True)
+    loss = loss_module(x)
+    loss.backward()
+    return loss.detach(), {name: p.grad.clone() for name, p in loss_module.named_parameters()}
+
+
+@pytest.mark.slow
+# dynamo itself reads .grad of non-leaf tensors while it traces; the warning is torch's, not ours
+@pytest.mark.filterwarnings("ignore:The .grad attribute of a Tensor that is not a leaf Tensor:UserWarning")
+def test_compiled_networks_give_the_eager_loss_and_gradients(binary_batch):
+    torch.manual_seed(0)
+    eager = NegativeELBO(VAE(z_dim=8, hidden_dim=64), make_objective("elbo"))
+    fast = copy.deepcopy(eager)
+    assert compile_networks(fast, (binary_batch,))
+    assert eager.state_dict().keys() == fast.state_dict().keys()  # checkpoints stay interchangeable
+    for seed in (1, 2):
+        eager_loss, eager_gradients = loss_and_gradients(eager, binary_batch, seed)
+        fast_loss, fast_gradients = loss_and_gradients(fast, binary_batch, seed)
+        torch.testing.assert_close(fast_loss, eager_loss, rtol=1e-5, atol=1e-4)
+        for name, gradient in eager_gradients.items():
+            assert gradient.abs().max() > 0
+            torch.testing.assert_close(fast_gradients[name], gradient, rtol=1e-4, atol=1e-5)
+
+
+def test_compilation_failure_leaves_the_model_eager_and_says_why(binary_batch, monkeypatch, caplog):
+    def unavailable_compile(function, *args, **kwargs):
+        def fails(*call_args, **call_kwargs):
+            raise RuntimeError("C++ compiler not found\nlong details")
+        return fails
+
+    monkeypatch.setattr(torch, "compile", unavailable_compile)
+    torch.manual_seed(0)
+    loss_module = NegativeELBO(VAE(z_dim=8, hidden_dim=64), make_objective("elbo"))
+    reference = copy.deepcopy(loss_module)
+    with caplog.at_level(logging.WARNING):
+        assert not compile_networks(loss_module, (binary_batch,))
+    assert ("torch.compile did not work here (RuntimeError: C++ compiler not found); training continues without "
+            "compilation") in caplog.text
+    assert len(networks_of(loss_module.model)) == 2
+    loss, gradients = loss_and_gradients(loss_module, binary_batch, 3)  # still runs, eagerly
+    reference_loss, reference_gradients = loss_and_gradients(reference, binary_batch, 3)
+    assert torch.equal(loss, reference_loss)
+    assert all(torch.equal(gradients[name], g) for name, g in reference_gradients.items())
+
+
+def test_training_with_fast_falls_back_and_finishes_when_compilation_fails(tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(torch, "compile", lambda function, *a, **k: (_ for _ in ()).throw(RuntimeError("no backend")))
+    config = RunConfig(data=DataConfig(dataset="mnist-sample", valid_size=500, download=False),
+                       model=ModelConfig(hidden_dim=32, z_dim=4),
+                       train=TrainConfig(epochs=1, batch_size=100, device="cpu", fast=True))
+    with caplog.at_level(logging.WARNING):
+        result = fit(config, tmp_path / "run", progress=False)
+    assert "training continues without compilation" in caplog.text
+    assert result.test["elbo"] < 0 and (tmp_path / "run" / "checkpoints" / "best.pt").is_file()
+
+
+def test_fused_adam_where_the_device_has_it_and_the_default_elsewhere(caplog):
+    cpu = torch.nn.Parameter(torch.zeros(3))
+    assert make_adam([cpu], 1e-3, fused=True).defaults["fused"] is True
+    assert not make_adam([cpu], 1e-3, fused=False).defaults["fused"]
+    meta = torch.nn.Parameter(torch.zeros(3, device="meta"))
+    with caplog.at_level(logging.WARNING):
+        assert not make_adam([meta], 1e-3, fused=True).defaults["fused"]
+    assert "fused Adam has no kernel for parameters on meta/torch.float32; using the default Adam" in caplog.text
