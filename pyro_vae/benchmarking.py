@@ -30,20 +30,23 @@ def machine_description(device: torch.device) -> str:
     return f"{model}, {torch.get_num_threads()} threads"
 
 
-def median_seconds(function: Callable[[], object], repeats: int, device: torch.device, warmup: int = 1) -> float:
-    """Median wall time of ``function`` over ``repeats`` calls after ``warmup`` calls, CUDA synchronised."""
-    for _ in range(warmup):
-        function()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        started = time.perf_counter()
-        function()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
+def interleaved_median_seconds(functions: dict[str, Callable[[], object]], repeats: int, device: torch.device,
+                               warmup: int = 1) -> dict[str, float]:
+    """Median wall time of each function over ``repeats`` rounds, after ``warmup`` rounds; each round
+    calls every function once, in turn, so that drifts of a shared machine hit all of them alike.
+    CUDA is synchronised around each call."""
+    times: dict[str, list[float]] = {name: [] for name in functions}
+    for round_index in range(warmup + repeats):
+        for name, function in functions.items():
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            started = time.perf_counter()
+            function()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            if round_index >= warmup:
+                times[name].append(time.perf_counter() - started)
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def plain_vae_loss(vae: VAE, x: torch.Tensor) -> torch.Tensor:

@@ -68,7 +68,8 @@ _non_negative_float = _float_above(0.0, inclusive=True)
 # Settings that define a run: fixed once it started, so --resume refuses them.
 TRAIN_SETTINGS = ("dataset", "data_dir", "binarize", "valid_size", "download", "labels", "model", "arch",
                   "hidden_dim", "z_dim", "likelihood", "gaussian_scale", "objective", "num_particles", "beta",
-                  "kl_warmup_epochs", "aux_weight", "batch_size", "eval_batch_size", "lr", "seed", "device", "fast")
+                  "kl_warmup_epochs", "aux_weight", "batch_size", "eval_batch_size", "lr", "seed", "device", "fast",
+                  "compile")
 
 
 def _add_train_parser(subparsers) -> argparse.ArgumentParser:
@@ -115,8 +116,10 @@ def _add_train_parser(subparsers) -> argparse.ArgumentParser:
     group.add_argument("--eval-batch-size", type=_positive_int, default=train.eval_batch_size)
     group.add_argument("--lr", type=_positive_float, default=train.lr)
     group.add_argument("--fast", action="store_true",
-                       help="compile the networks with torch.compile (eager if that fails, with a warning) and use "
-                            "the fused Adam kernel")
+                       help="the fused Adam kernel, and Pyro's validation of distributions and sites on the first "
+                            "step of each epoch only")
+    group.add_argument("--compile", action="store_true",
+                       help="compile the networks with torch.compile (eager if that fails, with a warning)")
     group.add_argument("--seed", type=int, default=train.seed)
     group.add_argument("--device", choices=cfg.DEVICES, default=train.device)
     group = parser.add_argument_group("run directory")
@@ -310,7 +313,7 @@ def _run_train(args: argparse.Namespace, train_parser: argparse.ArgumentParser) 
                                   kl_warmup_epochs=args.kl_warmup_epochs, aux_weight=args.aux_weight,
                                   epochs=args.epochs or DEFAULTS.train.epochs, batch_size=args.batch_size,
                                   eval_batch_size=args.eval_batch_size, lr=args.lr, seed=args.seed,
-                                  device=args.device, fast=args.fast),
+                                  device=args.device, fast=args.fast, compile=args.compile),
         )
     if args.out is None and _launched_ranks() > 1:
         train_parser.error("under torchrun pass --out RUN_DIR, so that every process names the same run directory")

@@ -1,11 +1,14 @@
-"""The optional fast path of training (``--fast``): compiled networks and the fused Adam kernel.
+"""Optional speed-ups of training, measured in ``scripts/benchmark.py`` and docs/benchmarks.md.
 
-Pyro's model and guide stay Python (traced by ``Trace_ELBO`` every step, as in the default path);
-what is compiled are the torch networks inside them, with ``torch.compile`` (TorchInductor), which
-fuses each layer's bias, activation and the like. Compilation fails in many ways (no C++ compiler,
-an unsupported operation, an old GPU), so it is tried first on a copy: if the copy's training step
-does not compile and run, the model is left as it was and training continues eagerly, with a
-warning that names the reason.
+``--fast``: the fused Adam kernel (one kernel for all parameters instead of a handful of ops each),
+and Pyro's validation of distribution arguments, samples and site shapes on the first step of
+each epoch only (it re-checks the same model, guide and binarized data every step otherwise; our
+own per-step non-finite check stays on). ``--compile``: the torch networks inside the model and
+guide compiled with ``torch.compile`` (the Pyro model and guide stay Python, traced by
+``Trace_ELBO`` every step). Compilation fails in many ways (no C++ compiler, an unsupported
+operation, an old GPU), so it is tried first on a copy: if the copy's training step does not
+compile and run, the model is left as it was and training continues eagerly, with a warning
+that names the reason.
 """
 
 from __future__ import annotations

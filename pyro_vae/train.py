@@ -114,8 +114,8 @@ def _fit(config: RunConfig, run_dir: Path, replicas: Replicas, *, resume: bool, 
     model = build_model(config.model, x_dim=dataset.train_images.shape[1]).to(device)
     loss_module, batches = _loss_and_batches(config, dataset, model)
     batches = ShardedBatches(batches, replicas, loss_module.num_images)
-    if train_config.fast and compile_networks(loss_module, next(iter(batches.epoch(1)))[0]):
-        logger.info("fast path: networks compiled with torch.compile")
+    if train_config.compile and compile_networks(loss_module, next(iter(batches.epoch(1)))[0]):
+        logger.info("networks compiled with torch.compile")
     optimizer = make_adam(model.parameters(), train_config.lr, fused=train_config.fast)
     state: dict[str, Any] = {"epoch": 0, "step": 0, "best_valid_score": -math.inf, "best_epoch": 0}
     if resume:
@@ -199,7 +199,8 @@ def train_steps(epoch: int, first_step: int, loss_module, optimizer, batches, tr
     stay on the device, so there is no per-step host synchronisation.
 
     ``batches`` is a :class:`~pyro_vae.distributed.ShardedBatches` or batches of one process;
-    ``forward`` calls ``loss_module`` (DistributedDataParallel around it when distributed).
+    ``forward`` calls ``loss_module`` (DistributedDataParallel around it when distributed). With
+    ``train_config.fast`` Pyro validates distributions and sites on the epoch's first step only.
     """
     if not isinstance(batches, ShardedBatches):
         batches = ShardedBatches(batches, Replicas(), loss_module.num_images)
@@ -211,10 +212,12 @@ def train_steps(epoch: int, first_step: int, loss_module, optimizer, batches, tr
     bar = tqdm(batches.epoch(epoch), total=len(batches), desc=f"epoch {epoch}", leave=False,
                disable=not progress or None)
     for step, (batch, images_per_rank) in enumerate(bar, start=first_step):
+        validate = not train_config.fast or step == first_step
         if isinstance(loss_module, NegativeELBO):
             loss_module.kl_weight = kl_weight_at(step, len(batches), train_config.beta, train_config.kl_warmup_epochs)
         try:
-            loss = forward(*batch)
+            with pyro.validation_enabled(validate):
+                loss = forward(*batch)
         except ValueError:  # distribution validation meets NaN parameters before the loss can
             if _parameters_finite(loss_module.model):
                 raise

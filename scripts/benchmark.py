@@ -21,7 +21,8 @@ from pathlib import Path
 import torch
 
 from pyro_vae.batches import EpochBatches
-from pyro_vae.benchmarking import bare_decoder_log_density, machine_description, median_seconds, plain_vae_loss
+from pyro_vae.benchmarking import (bare_decoder_log_density, interleaved_median_seconds, machine_description,
+                                   plain_vae_loss)
 from pyro_vae.config import TrainConfig
 from pyro_vae.data import DatasetUnavailable, load_dataset
 from pyro_vae.evaluate import log_likelihood
@@ -44,11 +45,12 @@ class RepeatedBatch:
         return ((self.x, None) for _ in range(self.steps))
 
 
-def ours(vae: VAE, batches, epoch: int = 1, fused: bool = False) -> None:
-    """One pass of the training loop's step function over ``batches``; statistics read once at the end."""
+def ours(vae: VAE, batches, epoch: int = 1, fast: bool = False) -> None:
+    """One pass of the training loop's step function over ``batches``; statistics read once at the end.
+    ``fast``: as ``pyro-vae train --fast`` (fused Adam, validation on the first step only)."""
     loss_module = NegativeELBO(vae, make_objective("elbo"))
-    optimizer = make_adam(vae.parameters(), 1e-3, fused)
-    totals, _ = train_steps(epoch, 0, loss_module, optimizer, batches, TrainConfig(), progress=False)
+    optimizer = make_adam(vae.parameters(), 1e-3, fused=fast)
+    totals, _ = train_steps(epoch, 0, loss_module, optimizer, batches, TrainConfig(fast=fast), progress=False)
     totals.tolist()
 
 
@@ -65,10 +67,6 @@ def plain(vae: VAE, batches, epoch: int = 1, fused: bool = False) -> None:
     total.item()
 
 
-def compare(label: str, work: int, run_ours, run_plain, repeats: int, device: torch.device) -> dict:
-    return row_of(label, work, median_seconds(run_ours, repeats, device), median_seconds(run_plain, repeats, device))
-
-
 def row_of(label: str, work: int, ours_s: float, plain_s: float) -> dict:
     row = {"what": label, "ours_per_s": work / ours_s, "plain_per_s": work / plain_s, "ratio": ours_s / plain_s,
            "ours_s": ours_s, "plain_s": plain_s}
@@ -76,30 +74,39 @@ def row_of(label: str, work: int, ours_s: float, plain_s: float) -> dict:
     return row
 
 
-def compiled_copy(vae: VAE) -> VAE:
-    """A copy of ``vae`` with its networks compiled as ``--fast`` compiles them (after a trial step)."""
-    fast = copy.deepcopy(vae)
+def compiled_copies(vae: VAE) -> tuple[VAE, VAE]:
+    """Two copies of ``vae`` with compiled networks: one as ``--compile`` makes it (after a trial step),
+    one for the hand-written step."""
+    ours_copy, plain_copy = copy.deepcopy(vae), copy.deepcopy(vae)
     x = torch.bernoulli(torch.full((8, vae.x_dim), 0.13, device=next(vae.parameters()).device))
-    if not compile_networks(NegativeELBO(fast, make_objective("elbo")), (x,)):
-        raise SystemExit("--fast: torch.compile does not work here (see the warning above)")
-    return fast
-
-
-def fast_path_rows(vae: VAE, batch, batch_size: int, steps: int, repeats: int, device: torch.device) -> list[dict]:
-    """--fast (compiled networks, fused Adam) against the eager hand-written step, and against the
-    hand-written step given the same compilation and fused Adam."""
-    fast_ours, fast_plain = compiled_copy(vae), copy.deepcopy(vae)
-    for network in networks_of(fast_plain):
+    if not compile_networks(NegativeELBO(ours_copy, make_objective("elbo")), (x,)):
+        raise SystemExit("--compile: torch.compile does not work here (see the warning above)")
+    for network in networks_of(plain_copy):
         network.compile()
-    work = batch_size * steps
-    seconds = {name: median_seconds(function, repeats, device) for name, function in {
-        "ours_fast": lambda: ours(fast_ours, batch, fused=True),
-        "plain": lambda: plain(vae, batch),
-        "plain_fast": lambda: plain(fast_plain, batch, fused=True)}.items()}
-    return [row_of(f"training step, batch {batch_size}, --fast vs eager hand-written (images/s)", work,
-                   seconds["ours_fast"], seconds["plain"]),
-            row_of(f"training step, batch {batch_size}, --fast vs hand-written compiled + fused Adam (images/s)",
-                   work, seconds["ours_fast"], seconds["plain_fast"])]
+    return ours_copy, plain_copy
+
+
+def step_rows(vae: VAE, batch_size: int, args: argparse.Namespace, device: torch.device) -> list[dict]:
+    """Training steps on one repeated batch: ours (default, --fast, --fast --compile) against the
+    hand-written step (eager, with fused Adam, compiled with fused Adam), all timed interleaved."""
+    batch = RepeatedBatch(torch.bernoulli(torch.full((batch_size, 784), 0.13, device=device)), args.steps)
+    variants = {"ours": lambda: ours(vae, batch), "ours_fast": lambda: ours(vae, batch, fast=True),
+                "plain": lambda: plain(vae, batch), "plain_fused": lambda: plain(vae, batch, fused=True)}
+    if args.compile:
+        ours_compiled, plain_compiled = compiled_copies(vae)
+        variants["ours_fast_compiled"] = lambda: ours(ours_compiled, batch, fast=True)
+        variants["plain_compiled_fused"] = lambda: plain(plain_compiled, batch, fused=True)
+    seconds = interleaved_median_seconds(variants, args.repeats, device)
+    work = batch_size * args.steps
+    rows = [row_of(f"training step, batch {batch_size} (images/s)", work, seconds["ours"], seconds["plain"]),
+            row_of(f"training step, batch {batch_size}, --fast (images/s)", work, seconds["ours_fast"],
+                   seconds["plain"]),
+            row_of(f"training step, batch {batch_size}, --fast vs hand-written with fused Adam (images/s)", work,
+                   seconds["ours_fast"], seconds["plain_fused"])]
+    if args.compile:
+        rows.append(row_of(f"training step, batch {batch_size}, --fast --compile vs hand-written compiled, fused Adam "
+                           "(images/s)", work, seconds["ours_fast_compiled"], seconds["plain_compiled_fused"]))
+    return rows
 
 
 def main() -> None:
@@ -112,8 +119,8 @@ def main() -> None:
     parser.add_argument("--num-images", type=int, default=200, help="images for the log p(x) timing")
     parser.add_argument("--num-samples", type=int, default=1000, help="K for the log p(x) timing")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--fast", action="store_true",
-                        help="also time the --fast path (torch.compile + fused Adam; compiling takes a minute)")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time --fast --compile against a compiled hand-written step (compiling takes a minute)")
     parser.add_argument("--markdown", type=Path, default=None, help="write the table here")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -123,11 +130,7 @@ def main() -> None:
     rows = []
 
     for batch_size in args.batch_sizes:
-        batch = RepeatedBatch(torch.bernoulli(torch.full((batch_size, 784), 0.13, device=device)), args.steps)
-        rows.append(compare(f"training step, batch {batch_size} (images/s)", batch_size * args.steps,
-                            lambda: ours(vae, batch), lambda: plain(vae, batch), args.repeats, device))
-        if args.fast:
-            rows += fast_path_rows(vae, batch, batch_size, args.steps, args.repeats, device)
+        rows += step_rows(vae, batch_size, args, device)
 
     try:
         dataset = load_dataset("mnist", args.data_dir, download=False, device=device)
@@ -135,21 +138,25 @@ def main() -> None:
         logging.info("MNIST not in %s: timing the epoch on the bundled mnist-sample", args.data_dir)
         dataset = load_dataset("mnist-sample", device=device)
     epoch_batches = EpochBatches(dataset.train_images, None, 128, "dynamic", seed=0)
-    rows.append(compare(f"epoch of {dataset.name} train, {len(dataset.train_images)} images, batch 128 (images/s)",
-                        len(dataset.train_images), lambda: ours(vae, epoch_batches), lambda: plain(vae, epoch_batches),
-                        args.epoch_repeats, device))
+    seconds = interleaved_median_seconds({"ours": lambda: ours(vae, epoch_batches),
+                                          "ours_fast": lambda: ours(vae, epoch_batches, fast=True),
+                                          "plain": lambda: plain(vae, epoch_batches)}, args.epoch_repeats, device)
+    label = f"epoch of {dataset.name} train, {len(dataset.train_images)} images, batch 128"
+    rows += [row_of(f"{label} (images/s)", len(dataset.train_images), seconds["ours"], seconds["plain"]),
+             row_of(f"{label}, --fast (images/s)", len(dataset.train_images), seconds["ours_fast"], seconds["plain"])]
 
     images = torch.bernoulli(torch.full((args.num_images, 784), 0.13, device=device))
     with torch.no_grad():
-        rows.append(compare(f"log p(x), K = {args.num_samples}, vs bare decoder (samples/s)",
-                            args.num_images * args.num_samples,
-                            lambda: [log_likelihood(vae, x, num_samples=args.num_samples) for x in images.split(100)],
-                            lambda: [bare_decoder_log_density(vae, x, args.num_samples, 500) for x in images.split(100)],
-                            args.repeats, device))
+        seconds = interleaved_median_seconds({
+            "ours": lambda: [log_likelihood(vae, x, num_samples=args.num_samples) for x in images.split(100)],
+            "bare": lambda: [bare_decoder_log_density(vae, x, args.num_samples, 500) for x in images.split(100)]},
+            args.repeats, device)
+    rows.append(row_of(f"log p(x), K = {args.num_samples}, vs bare decoder (samples/s)",
+                       args.num_images * args.num_samples, seconds["ours"], seconds["bare"]))
 
     table = [f"Machine: {machine_description(device)}; torch {torch.__version__}. Command: "
-             f"`python scripts/benchmark.py --data-dir {args.data_dir}{' --fast' if args.fast else ''}` "
-             f"(medians of {args.repeats} repeats, "
+             f"`python scripts/benchmark.py --data-dir {args.data_dir}{' --compile' if args.compile else ''}` "
+             f"(medians of {args.repeats} interleaved repeats, "
              f"{args.epoch_repeats} for the epoch).", "",
              "| measurement | ours | hand-written PyTorch | ratio ours / hand-written |", "| --- | --- | --- | --- |"]
     table += [f"| {row['what']} | {row['ours_per_s']:,.0f} | {row['plain_per_s']:,.0f} | {row['ratio']:.2f} |"

@@ -10,6 +10,7 @@ from pyro_vae import DataConfig, ModelConfig, RunConfig, TrainConfig, fit
 from pyro_vae.fast_path import compile_networks, make_adam, networks_of
 from pyro_vae.models import VAE
 from pyro_vae.objectives import NegativeELBO, make_objective
+from pyro_vae.train import train_steps
 
 
 def loss_and_gradients(loss_module, x, seed):
@@ -63,7 +64,7 @@ def test_training_with_fast_falls_back_and_finishes_when_compilation_fails(tmp_p
     monkeypatch.setattr(torch, "compile", lambda function, *a, **k: (_ for _ in ()).throw(RuntimeError("no backend")))
     config = RunConfig(data=DataConfig(dataset="mnist-sample", valid_size=500, download=False),
                        model=ModelConfig(hidden_dim=32, z_dim=4),
-                       train=TrainConfig(epochs=1, batch_size=100, device="cpu", fast=True))
+                       train=TrainConfig(epochs=1, batch_size=100, device="cpu", compile=True))
     with caplog.at_level(logging.WARNING):
         result = fit(config, tmp_path / "run", progress=False)
     assert "training continues without compilation" in caplog.text
@@ -78,3 +79,41 @@ def test_fused_adam_where_the_device_has_it_and_the_default_elsewhere(caplog):
     with caplog.at_level(logging.WARNING):
         assert not make_adam([meta], 1e-3, fused=True).defaults["fused"]
     assert "fused Adam has no kernel for parameters on meta/torch.float32; using the default Adam" in caplog.text
+
+
+class Batches:
+    """Fixed batches in the shape of EpochBatches."""
+
+    def __init__(self, batches):
+        self.batches = batches
+
+    def __len__(self):
+        return len(self.batches)
+
+    def epoch(self, epoch):
+        return ((x, None) for x in self.batches)
+
+
+def train_a_few_steps(fast: bool, batches):
+    torch.manual_seed(0)
+    loss_module = NegativeELBO(VAE(z_dim=8, hidden_dim=64), make_objective("elbo"))
+    optimizer = make_adam(loss_module.parameters(), 1e-3, fused=fast)
+    torch.manual_seed(1)
+    totals, _ = train_steps(1, 0, loss_module, optimizer, Batches(batches), TrainConfig(fast=fast), progress=False)
+    return totals, loss_module.state_dict()
+
+
+def test_fast_training_steps_follow_the_default_path():
+    generator = torch.Generator().manual_seed(2)
+    batches = [torch.bernoulli(torch.full((32, 784), 0.2), generator=generator) for _ in range(5)]
+    default_totals, default_state = train_a_few_steps(False, batches)
+    fast_totals, fast_state = train_a_few_steps(True, batches)
+    torch.testing.assert_close(fast_totals, default_totals, rtol=1e-5, atol=1e-3)  # summed losses and terms
+    for name, value in default_state.items():
+        torch.testing.assert_close(fast_state[name], value, rtol=1e-4, atol=1e-6)
+
+
+def test_fast_training_still_validates_each_epochs_first_step():
+    grey = [torch.full((32, 784), 0.5)]  # not 0/1: the Bernoulli likelihood must refuse it
+    with pytest.raises(ValueError, match="Expected value argument"):
+        train_a_few_steps(True, grey)
