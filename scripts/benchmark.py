@@ -18,6 +18,7 @@ import json
 import logging
 from pathlib import Path
 
+import pyro
 import torch
 
 from pyro_vae.batches import EpochBatches
@@ -52,6 +53,12 @@ def ours(vae: VAE, batches, epoch: int = 1, fast: bool = False) -> None:
     optimizer = make_adam(vae.parameters(), 1e-3, fused=fast)
     totals, _ = train_steps(epoch, 0, loss_module, optimizer, batches, TrainConfig(fast=fast), progress=False)
     totals.tolist()
+
+
+def pyro_forward(loss_module: NegativeELBO, x: torch.Tensor) -> torch.Tensor:
+    """Our loss per image without Pyro's validation, as ``--fast`` runs most steps."""
+    with pyro.validation_enabled(False):
+        return loss_module(x) / x.shape[0]
 
 
 def plain(vae: VAE, batches, epoch: int = 1, fused: bool = False) -> None:
@@ -96,6 +103,13 @@ def step_rows(vae: VAE, batch_size: int, args: argparse.Namespace, device: torch
         ours_compiled, plain_compiled = compiled_copies(vae)
         variants["ours_fast_compiled"] = lambda: ours(ours_compiled, batch, fast=True)
         variants["plain_compiled_fused"] = lambda: plain(plain_compiled, batch, fused=True)
+    x = batch.x
+    loss_module = NegativeELBO(vae, make_objective("elbo"))
+    variants.update({  # where the time goes: Pyro's work in the forward pass and in the backward pass
+        "ours_forward": lambda: [pyro_forward(loss_module, x) for _ in range(args.steps)],
+        "plain_forward": lambda: [plain_vae_loss(vae, x) for _ in range(args.steps)],
+        "ours_forward_backward": lambda: [pyro_forward(loss_module, x).backward() for _ in range(args.steps)],
+        "plain_forward_backward": lambda: [plain_vae_loss(vae, x).backward() for _ in range(args.steps)]})
     seconds = interleaved_median_seconds(variants, args.repeats, device)
     work = batch_size * args.steps
     rows = [row_of(f"training step, batch {batch_size} (images/s)", work, seconds["ours"], seconds["plain"]),
@@ -103,6 +117,10 @@ def step_rows(vae: VAE, batch_size: int, args: argparse.Namespace, device: torch
                    seconds["plain"]),
             row_of(f"training step, batch {batch_size}, --fast vs hand-written with fused Adam (images/s)", work,
                    seconds["ours_fast"], seconds["plain_fused"])]
+    rows += [row_of(f"forward pass only, batch {batch_size}, validation off (images/s)", work,
+                    seconds["ours_forward"], seconds["plain_forward"]),
+             row_of(f"forward + backward, batch {batch_size}, validation off (images/s)", work,
+                    seconds["ours_forward_backward"], seconds["plain_forward_backward"])]
     if args.compile:
         rows.append(row_of(f"training step, batch {batch_size}, --fast --compile vs hand-written compiled, fused Adam "
                            "(images/s)", work, seconds["ours_fast_compiled"], seconds["plain_compiled_fused"]))

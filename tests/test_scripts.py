@@ -103,6 +103,8 @@ def test_benchmark_compares_training_with_the_hand_written_step(tmp_path):
         "| training step, batch 8 (images/s)",
         "| training step, batch 8, --fast (images/s)",
         "| training step, batch 8, --fast vs hand-written with fused Adam (images/s)",
+        "| forward pass only, batch 8, validation off (images/s)",
+        "| forward + backward, batch 8, validation off (images/s)",
         "| training step, batch 8, --fast --compile vs hand-written compiled, fused Adam (images/s)",
         "| epoch of mnist-sample train, 6667 images, batch 128 (images/s)",
         "| epoch of mnist-sample train, 6667 images, batch 128, --fast (images/s)",
