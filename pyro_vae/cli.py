@@ -159,12 +159,17 @@ def run_estimate(path: Path, args: argparse.Namespace) -> None:
         path, args.split, num_samples=args.num_samples, num_particles=args.num_particles,
         chunk_size=args.chunk_size, batch_size=args.batch_size, device=args.device, progress=not args.no_progress,
     )
-    text = json.dumps(summary, indent=2)
-    print(text)
-    if args.json is not None:
-        args.json.write_text(text + "\n")
+    _print_summary(summary, args.json)
     if args.csv is not None:
         write_per_datapoint_csv(per_datapoint, args.csv)
+
+
+def _print_summary(summary: dict, json_path: Path | None) -> None:
+    """Print the summary as JSON and, given a path, write it there too."""
+    text = json.dumps(summary, indent=2)
+    print(text)
+    if json_path is not None:
+        json_path.write_text(text + "\n")
 
 
 def _add_evaluate_parser(subparsers) -> None:
@@ -252,10 +257,7 @@ def run_score(args: argparse.Namespace) -> None:
     summary, scores = score_run(args.run_dir, args.dataset, data_dir=args.data_dir, download=args.download,
                                 split=args.split, num_samples=args.num_samples, num_particles=args.num_particles,
                                 batch_size=args.batch_size, device=args.device, progress=not args.no_progress)
-    text = json.dumps(summary, indent=2)
-    print(text)
-    if args.json is not None:
-        args.json.write_text(text + "\n")
+    _print_summary(summary, args.json)
     if args.csv is not None:
         write_scores_csv(scores, args.csv)
 

@@ -116,17 +116,18 @@ def wrap_loss(loss_module: nn.Module, replicas: Replicas) -> nn.Module:
 
 def reduce_sum(tensor: torch.Tensor, replicas: Replicas) -> torch.Tensor:
     """The elementwise sum of ``tensor`` over ranks (``tensor`` itself alone)."""
-    if replicas.is_distributed:
-        tensor = tensor.clone()
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-    return tensor
+    return _all_reduce(tensor, replicas, dist.ReduceOp.SUM)
 
 
 def reduce_min(tensor: torch.Tensor, replicas: Replicas) -> torch.Tensor:
     """The elementwise minimum of ``tensor`` over ranks."""
+    return _all_reduce(tensor, replicas, dist.ReduceOp.MIN)
+
+
+def _all_reduce(tensor: torch.Tensor, replicas: Replicas, op) -> torch.Tensor:
     if replicas.is_distributed:
         tensor = tensor.clone()
-        dist.all_reduce(tensor, op=dist.ReduceOp.MIN)
+        dist.all_reduce(tensor, op=op)
     return tensor
 
 
