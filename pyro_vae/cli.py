@@ -68,8 +68,8 @@ _non_negative_float = _float_above(0.0, inclusive=True)
 # Settings that define a run: fixed once it started, so --resume refuses them.
 TRAIN_SETTINGS = ("dataset", "data_dir", "binarize", "valid_size", "download", "labels", "model", "arch",
                   "hidden_dim", "z_dim", "likelihood", "gaussian_scale", "objective", "num_particles", "beta",
-                  "kl_warmup_epochs", "aux_weight", "batch_size", "eval_batch_size", "lr", "seed", "device", "fast",
-                  "compile")
+                  "kl_warmup_epochs", "aux_weight", "batch_size", "eval_batch_size", "lr", "lr_decay", "patience", "seed",
+                  "device", "fast", "compile")
 
 
 def _add_train_parser(subparsers) -> argparse.ArgumentParser:
@@ -115,6 +115,10 @@ def _add_train_parser(subparsers) -> argparse.ArgumentParser:
     group.add_argument("--batch-size", type=_positive_int, default=train.batch_size)
     group.add_argument("--eval-batch-size", type=_positive_int, default=train.eval_batch_size)
     group.add_argument("--lr", type=_positive_float, default=train.lr)
+    group.add_argument("--lr-decay", type=_positive_float, default=train.lr_decay,
+                       help="multiply the learning rate by this after every epoch (1: constant)")
+    group.add_argument("--patience", type=_positive_int, default=train.patience,
+                       help="stop early after this many epochs without a better validation score (default: never)")
     group.add_argument("--fast", action="store_true",
                        help="the fused Adam kernel, and Pyro's validation of distributions and sites on the first "
                             "step of each epoch only")
@@ -314,7 +318,8 @@ def _run_train(args: argparse.Namespace, train_parser: argparse.ArgumentParser) 
             train=cfg.TrainConfig(objective=args.objective, num_particles=args.num_particles, beta=args.beta,
                                   kl_warmup_epochs=args.kl_warmup_epochs, aux_weight=args.aux_weight,
                                   epochs=args.epochs or DEFAULTS.train.epochs, batch_size=args.batch_size,
-                                  eval_batch_size=args.eval_batch_size, lr=args.lr, seed=args.seed,
+                                  eval_batch_size=args.eval_batch_size, lr=args.lr, lr_decay=args.lr_decay,
+                                  patience=args.patience, seed=args.seed,
                                   device=args.device, fast=args.fast, compile=args.compile),
         )
     if args.out is None and _launched_ranks() > 1:

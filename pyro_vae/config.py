@@ -62,6 +62,8 @@ class TrainConfig:
     batch_size: int = 128
     eval_batch_size: int = 1000
     lr: float = 1e-3
+    lr_decay: float = 1.0  # the learning rate of epoch e is lr * lr_decay ** (e - 1)
+    patience: int | None = None  # stop after this many epochs without a better validation score
     seed: int = 0
     device: str = "auto"
     aux_weight: float = 50.0  # --model ssvae: weight of the classifier term log q(y|x) per labelled image
@@ -152,6 +154,10 @@ class RunConfig:
             _at_least("--valid-size", self.data.valid_size, 1)
         if not self.train.lr > 0:
             raise ConfigError(f"--lr must be positive, got {self.train.lr}")
+        if not 0 < self.train.lr_decay <= 1:
+            raise ConfigError(f"--lr-decay must be in (0, 1] (1: a constant learning rate), got {self.train.lr_decay}")
+        if self.train.patience is not None:
+            _at_least("--patience", self.train.patience, 1)
         if self.model.gaussian_scale is not None:
             if self.model.likelihood != "gaussian":
                 raise ConfigError("--gaussian-scale applies only to --likelihood gaussian")

@@ -139,6 +139,10 @@ def _fit(config: RunConfig, run_dir: Path, replicas: Replicas, *, resume: bool, 
     try:
         with anomaly_detection:
             for epoch in range(state["epoch"] + 1, train_config.epochs + 1):
+                if _patience_ran_out(state, train_config, replicas):
+                    break
+                for group in optimizer.param_groups:
+                    group["lr"] = learning_rate_at(epoch, train_config)
                 record = _run_epoch(epoch, state, run_dir, config, dataset, model, loss_module, forward, optimizer,
                                     batches, replicas, progress)
                 if log is not None:
@@ -149,6 +153,23 @@ def _fit(config: RunConfig, run_dir: Path, replicas: Replicas, *, resume: bool, 
     finally:
         if log is not None:
             log.close()
+
+
+def learning_rate_at(epoch: int, train_config) -> float:
+    """The learning rate of ``epoch`` (from 1): ``lr * lr_decay ** (epoch - 1)``, so resuming needs no state."""
+    return train_config.lr * train_config.lr_decay ** (epoch - 1)
+
+
+def _patience_ran_out(state: dict[str, Any], train_config, replicas: Replicas) -> bool:
+    """Early stopping: ``patience`` epochs have passed since the best validation score (rank 0's count)."""
+    if train_config.patience is None or state["epoch"] == 0:
+        return False
+    best_epoch = broadcast_from_main(state["best_epoch"], replicas)
+    if state["epoch"] - best_epoch < train_config.patience:
+        return False
+    logger.info("early stopping: no better validation score in the %d epochs after epoch %d",
+                train_config.patience, best_epoch)
+    return True
 
 
 def _distributed_settings(train_config, replicas: Replicas) -> DistributedConfig:
@@ -274,6 +295,7 @@ def _run_epoch(epoch: int, state: dict[str, Any], run_dir: Path, config: RunConf
         "seconds": time.perf_counter() - started,
         "train_seconds": train_seconds,
         "objective": train_config.objective,
+        "lr": optimizer.param_groups[0]["lr"],
         "kl_weight": getattr(loss_module, "kl_weight", 1.0),
         "train": train,
         **scores,

@@ -220,3 +220,40 @@ def test_detect_anomaly_runs_training_under_torch_anomaly_detection(tmp_path):
     with pytest.warns(UserWarning, match="Anomaly Detection has been enabled"):
         result = fit(small_config(epochs=1), tmp_path, progress=False, detect_anomaly=True)
     assert result.best_epoch == 1
+
+
+def test_learning_rate_decays_every_epoch_and_resumes_from_the_epoch(tmp_path):
+    fit(small_config(epochs=2, lr_decay=0.5), tmp_path, progress=False)
+    fit(small_config(epochs=3, lr_decay=0.5), tmp_path, resume=True, progress=False)
+    assert [m["lr"] for m in read_metrics(tmp_path)] == [1e-3, 5e-4, 2.5e-4]
+    last = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
+    assert last["optimizer"]["param_groups"][0]["lr"] == 2.5e-4
+
+
+def test_early_stopping_ends_the_run_patience_epochs_after_the_best(tmp_path, monkeypatch):
+    import pyro_vae.train as train_module
+
+    real_score_split = train_module.score_split
+    calls = []
+
+    def worse_after_epoch_2(config, model, loss_module, images, labels):
+        scores = real_score_split(config, model, loss_module, images, labels)
+        calls.append(None)
+        epoch = len(calls)  # one validation score per epoch, then valid and test at the end
+        return {**scores, "elbo": -100.0 - abs(epoch - 2)}
+
+    monkeypatch.setattr(train_module, "score_split", worse_after_epoch_2)
+    result = fit(small_config(epochs=10, patience=3), tmp_path, progress=False)
+    assert [m["epoch"] for m in read_metrics(tmp_path)] == [1, 2, 3, 4, 5]
+    assert result.best_epoch == 2
+    resumed = fit(small_config(epochs=10, patience=3), tmp_path, resume=True, progress=False)
+    assert len(read_metrics(tmp_path)) == 5 and resumed.best_epoch == 2  # already out of patience
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"lr_decay": 1.5}, "--lr-decay must be in (0, 1]"),
+    ({"patience": 0}, "--patience must be an integer >= 1"),
+])
+def test_schedule_settings_are_checked(tmp_path, change, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("[", r"\[").replace("]", r"\]")):
+        fit(small_config(**change), tmp_path, progress=False)
