@@ -189,6 +189,26 @@ def test_divergence_stops_with_the_epoch_and_step_named_and_keeps_the_last_check
     assert [m["epoch"] for m in read_metrics(tmp_path)] == [1]
 
 
+def test_resume_accepts_checkpoints_of_earlier_versions(tmp_path, monkeypatch):
+    """Earlier checkpoints named the best score ``best_valid_elbo`` and kept the data directory relative."""
+    monkeypatch.chdir(tmp_path)
+    config = small_config(epochs=1)
+    config.data.data_dir = "data"
+    fit(config, Path("run"), progress=False)
+    for name in ("last.pt", "best.pt"):
+        path = tmp_path / "run" / "checkpoints" / name
+        checkpoint = load_checkpoint(path)
+        checkpoint["best_valid_elbo"] = checkpoint.pop("best_valid_score")
+        checkpoint["config"]["data"]["data_dir"] = "data"
+        save_checkpoint({key: value for key, value in checkpoint.items() if key != "format_version"}, path)
+    best_score = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["best_valid_elbo"]
+    config.train.epochs = 2
+    fit(config, Path("run"), resume=True, progress=False)
+    metrics = read_metrics(tmp_path / "run")
+    assert [m["epoch"] for m in metrics] == [1, 2]
+    assert metrics[1]["best"] == (metrics[1]["valid"]["elbo"] > best_score)
+
+
 def test_resume_with_a_checkpoint_of_another_architecture_names_the_difference(tmp_path):
     fit(small_config(epochs=1), tmp_path, progress=False)
     edited = json.loads((tmp_path / "config.json").read_text())
