@@ -68,8 +68,8 @@ _non_negative_float = _float_above(0.0, inclusive=True)
 # Settings that define a run: fixed once it started, so --resume refuses them.
 TRAIN_SETTINGS = ("dataset", "data_dir", "binarize", "valid_size", "download", "labels", "model", "arch",
                   "hidden_dim", "z_dim", "likelihood", "gaussian_scale", "objective", "num_particles", "beta",
-                  "kl_warmup_epochs", "aux_weight", "batch_size", "eval_batch_size", "lr", "lr_decay", "patience", "seed",
-                  "device", "fast", "compile")
+                  "kl_warmup_epochs", "aux_weight", "labelled_weighting", "batch_size", "eval_batch_size", "lr",
+                  "lr_decay", "patience", "seed", "device", "fast", "compile")
 
 
 def _add_train_parser(subparsers) -> argparse.ArgumentParser:
@@ -110,6 +110,10 @@ def _add_train_parser(subparsers) -> argparse.ArgumentParser:
                        help="anneal the KL weight linearly from 0 to --beta over this many epochs")
     group.add_argument("--aux-weight", type=_non_negative_float, default=train.aux_weight,
                        help="--model ssvae: weight alpha of the classifier term alpha * log q(y|x) per labelled image")
+    group.add_argument("--labelled-weighting", choices=cfg.LABELLED_WEIGHTINGS, default=train.labelled_weighting,
+                       help="--model ssvae: pass: an epoch's labelled terms add up to one pass over the labelled "
+                            "subset (Kingma et al.'s objective); batch: each labelled image drawn weighs as much as "
+                            "an unlabelled one (pyro-ppl's SS-VAE example)")
     group.add_argument("--epochs", type=_positive_int, default=None,
                        help=f"training epochs (default {train.epochs}; with --resume, the new total)")
     group.add_argument("--batch-size", type=_positive_int, default=train.batch_size)
@@ -317,6 +321,7 @@ def _run_train(args: argparse.Namespace, train_parser: argparse.ArgumentParser) 
                                   likelihood=args.likelihood, gaussian_scale=args.gaussian_scale),
             train=cfg.TrainConfig(objective=args.objective, num_particles=args.num_particles, beta=args.beta,
                                   kl_warmup_epochs=args.kl_warmup_epochs, aux_weight=args.aux_weight,
+                                  labelled_weighting=args.labelled_weighting,
                                   epochs=args.epochs or DEFAULTS.train.epochs, batch_size=args.batch_size,
                                   eval_batch_size=args.eval_batch_size, lr=args.lr, lr_decay=args.lr_decay,
                                   patience=args.patience, seed=args.seed,

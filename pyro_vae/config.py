@@ -14,7 +14,12 @@ LIKELIHOODS = ("bernoulli", "gaussian", "continuous-bernoulli")
 ARCHITECTURES = ("mlp", "conv")
 MODELS = ("vae", "cvae", "ssvae")
 OBJECTIVES = ("elbo", "meanfield", "iwae")
+LABELLED_WEIGHTINGS = ("pass", "batch")  # M2: how much the labelled terms of a step weigh (see --labelled-weighting)
 DEVICES = ("auto", "cpu", "cuda")
+
+
+# What runs written before a setting existed were trained with, where that differs from today's default.
+_SETTINGS_OF_EARLIER_VERSIONS = {"train": {"labelled_weighting": "pass"}}
 
 
 class ConfigError(ValueError):
@@ -67,6 +72,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     aux_weight: float = 50.0  # --model ssvae: weight of the classifier term log q(y|x) per labelled image
+    labelled_weighting: str = "batch"  # --model ssvae: see LABELLED_WEIGHTINGS
     fast: bool = False  # fused Adam; Pyro's validation on each epoch's first step only (see pyro_vae.fast_path)
     compile: bool = False  # torch.compile the networks, eager when that fails (see pyro_vae.fast_path)
 
@@ -112,7 +118,7 @@ class RunConfig:
             extra = set(given) - names
             if extra:
                 raise ConfigError(f"unknown settings {sorted(extra)} in config section '{name}'")
-            parts[name] = section(**given)
+            parts[name] = section(**(_SETTINGS_OF_EARLIER_VERSIONS.get(name, {}) | given))
         return cls(**parts)
 
     def save(self, path: Path) -> None:
@@ -184,6 +190,7 @@ class RunConfig:
         _at_least("--labels", self.data.labels, 1)
         if not self.train.aux_weight >= 0:
             raise ConfigError(f"--aux-weight must be >= 0, got {self.train.aux_weight}")
+        _choice("--labelled-weighting", self.train.labelled_weighting, LABELLED_WEIGHTINGS)
         unsupported = {"--arch": (self.model.arch, "mlp"), "--likelihood": (self.model.likelihood, "bernoulli"),
                        "--objective": (self.train.objective, "elbo"), "--beta": (self.train.beta, 1.0),
                        "--kl-warmup-epochs": (self.train.kl_warmup_epochs, 0), "--num-particles": (self.train.num_particles, 1)}

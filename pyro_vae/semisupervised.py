@@ -43,9 +43,9 @@ class SemiSupervisedBatches:
 
     An epoch is one pass over the unlabelled images; the (usually much smaller) labelled subset is
     reshuffled whenever it is used up. Orders and dynamic binarization depend only on (seed, epoch).
-    :attr:`labelled_scale` weights the labelled batches so that an epoch's labelled terms add up
-    to one pass over the labelled subset, as in Kingma et al.'s objective, however often each
-    labelled image is drawn.
+    :attr:`labelled_scale` is the weight that makes an epoch's labelled terms add up to one pass
+    over the labelled subset, as in Kingma et al.'s objective, however often each labelled image
+    is drawn (``--labelled-weighting pass``; ``batch`` weighs every drawn image 1 instead).
     """
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, labelled: torch.Tensor, batch_size: int,
@@ -97,7 +97,7 @@ class SemiSupervisedLoss(nn.Module):
 
     ``forward(x_unlabelled, x_labelled, y_labelled)`` returns that sum; :meth:`last_statistics`
     the step's unweighted summed terms and counts, for per-epoch metrics without a host
-    synchronisation. ``labelled_scale`` comes from :class:`SemiSupervisedBatches`.
+    synchronisation. ``labelled_scale`` is 1 or :attr:`SemiSupervisedBatches.labelled_scale`.
     """
 
     def __init__(self, model: SSVAE, aux_weight: float, labelled_scale: float = 1.0) -> None:

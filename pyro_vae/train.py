@@ -193,7 +193,8 @@ def _loss_and_batches(config: RunConfig, dataset, model) -> tuple[nn.Module, Epo
                                              train_config.seed)
         batches = SemiSupervisedBatches(dataset.train_images, dataset.train_labels, labelled,
                                         train_config.batch_size, config.data.binarize, train_config.seed)
-        return SemiSupervisedLoss(model, train_config.aux_weight, batches.labelled_scale), batches
+        labelled_scale = batches.labelled_scale if train_config.labelled_weighting == "pass" else 1.0
+        return SemiSupervisedLoss(model, train_config.aux_weight, labelled_scale), batches
     batches = EpochBatches(dataset.train_images, dataset.train_labels, train_config.batch_size,
                            config.data.binarize, train_config.seed)
     return NegativeELBO(model, make_objective(train_config.objective, train_config.num_particles)), batches

@@ -175,6 +175,7 @@ def test_class_conditional_grid_has_a_row_per_class(trained_ssvae):
         ({"train": {"beta": 2.0}}, "--model ssvae supports only --beta 1.0"),
         ({"model": {"arch": "conv"}}, "--model ssvae supports only --arch mlp"),
         ({"model": {"model": "vae"}}, "--labels chooses the labelled subset of --model ssvae"),
+        ({"train": {"labelled_weighting": "epoch"}}, "--labelled-weighting 'epoch' is not one of: pass, batch"),
     ],
 )
 def test_semisupervised_settings_are_validated(change, message):
@@ -183,3 +184,30 @@ def test_semisupervised_settings_are_validated(change, message):
         values[section].update(settings)
     with pytest.raises(ConfigError, match=message):
         RunConfig.from_dict(values).validate()
+
+
+def test_labelled_weighting_sets_the_weight_of_a_steps_labelled_terms(sample_dataset):
+    from pyro_vae.train import _loss_and_batches
+
+    losses = {}
+    for weighting in ("pass", "batch"):
+        config = ssvae_config()
+        config.data.binarize, config.train.labelled_weighting = "dynamic", weighting
+        torch.manual_seed(0)
+        loss, batches = _loss_and_batches(config, sample_dataset, SSVAE(z_dim=8, hidden_dim=64))
+        x_u, x_l, y_l = next(iter(batches.epoch(1)))
+        pyro.set_rng_seed(1)
+        losses[weighting] = loss(x_u, x_l, y_l).item()
+    pyro.set_rng_seed(1)  # the same draws of z, in the order forward takes them
+    unsupervised = loss.unsupervised_loss(x_u).item()
+    labelled = (loss.supervised_loss(x_l, y_l) + loss.classification_loss(x_l, y_l)).item()
+    # pass: an epoch's labelled terms add up to one pass over the 100 labelled images, 100 of them per step
+    assert batches.labelled_scale == pytest.approx(100 / (len(batches) * 100))
+    assert losses["pass"] == pytest.approx(unsupervised + batches.labelled_scale * labelled, rel=1e-6)
+    assert losses["batch"] == pytest.approx(unsupervised + labelled, rel=1e-6)
+
+
+def test_runs_written_before_labelled_weighting_existed_read_as_pass():
+    values = ssvae_config().to_dict()
+    del values["train"]["labelled_weighting"]
+    assert RunConfig.from_dict(values).train.labelled_weighting == "pass"
