@@ -56,6 +56,8 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
         ) from None
     if not isinstance(state, dict) or state.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(f"{path}: not a pyro-vae checkpoint (format version {FORMAT_VERSION} expected)")
+    if "best_valid_elbo" in state:  # its name before M2, when the only validation score was the ELBO
+        state["best_valid_score"] = state.pop("best_valid_elbo")
     return state
 
 

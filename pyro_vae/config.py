@@ -205,9 +205,16 @@ def config_differences(requested: RunConfig, saved: RunConfig, ignore: tuple[str
         for name, saved_value in values.items():
             requested_value = requested_values[section][name]
             ignored = section in ignore or f"{section}.{name}" in ignore
-            if not ignored and requested_value != saved_value:
+            if not ignored and not _same_setting(f"{section}.{name}", requested_value, saved_value):
                 differences.append(f"{section}.{name}: checkpoint {saved_value!r}, requested {requested_value!r}")
     return differences
+
+
+def _same_setting(name: str, requested: Any, saved: Any) -> bool:
+    """Equal values; data directories compare as resolved paths (earlier versions stored them relative)."""
+    if name == "data.data_dir":
+        return Path(requested).resolve() == Path(saved).resolve()
+    return requested == saved
 
 
 def _only_supported(model: str, settings: dict[str, tuple[Any, Any]], why: str = "") -> None:

@@ -366,7 +366,7 @@ def _restore(run_dir: Path, config: RunConfig, model, optimizer, device: torch.d
     checkpoint = None
     if replicas.is_main:
         checkpoint = load_checkpoint(run_dir / LAST_CHECKPOINT, map_location=device)
-        differences = config_differences(config, _checkpoint_config(checkpoint),
+        differences = config_differences(config, RunConfig.from_dict(checkpoint["config"]),
                                          ignore=("train.epochs", "distributed"))
         if differences:
             raise ConfigError(f"cannot resume {run_dir}: its checkpoint was trained with other settings "
@@ -377,17 +377,7 @@ def _restore(run_dir: Path, config: RunConfig, model, optimizer, device: torch.d
     optimizer.load_state_dict(checkpoint["optimizer"])
     if not replicas.is_distributed:  # ranks reseed every epoch instead
         restore_rng_states(checkpoint["rng"])
-    if "best_valid_score" not in checkpoint:  # written before M2, when the only validation score was the ELBO
-        checkpoint["best_valid_score"] = checkpoint["best_valid_elbo"]
     return {key: checkpoint[key] for key in ("epoch", "step", "best_valid_score", "best_epoch")}
-
-
-def _checkpoint_config(checkpoint: dict[str, Any]) -> RunConfig:
-    """The checkpoint's settings, its data directory resolved from the working directory as the request's is
-    (checkpoints written before data directories were stored absolute hold a relative one)."""
-    config = RunConfig.from_dict(checkpoint["config"])
-    config.data.data_dir = str(Path(config.data.data_dir).resolve())
-    return config
 
 
 def _write_snapshot(run_dir: Path, config: RunConfig, dataset, model, epoch: int, suffix: str = "",

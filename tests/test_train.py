@@ -190,7 +190,8 @@ def test_divergence_stops_with_the_epoch_and_step_named_and_keeps_the_last_check
 
 
 def test_resume_accepts_checkpoints_of_earlier_versions(tmp_path, monkeypatch):
-    """Earlier checkpoints named the best score ``best_valid_elbo`` and kept the data directory relative."""
+    """Earlier checkpoints named the best score ``best_valid_elbo`` and kept the data directory relative
+    (config.json, written later, holds it resolved)."""
     monkeypatch.chdir(tmp_path)
     config = small_config(epochs=1)
     config.data.data_dir = "data"
@@ -198,10 +199,10 @@ def test_resume_accepts_checkpoints_of_earlier_versions(tmp_path, monkeypatch):
     for name in ("last.pt", "best.pt"):
         path = tmp_path / "run" / "checkpoints" / name
         checkpoint = load_checkpoint(path)
-        checkpoint["best_valid_elbo"] = checkpoint.pop("best_valid_score")
+        best_score = checkpoint["best_valid_elbo"] = checkpoint.pop("best_valid_score")
         checkpoint["config"]["data"]["data_dir"] = "data"
         save_checkpoint({key: value for key, value in checkpoint.items() if key != "format_version"}, path)
-    best_score = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["best_valid_elbo"]
+    assert load_run(Path("run")).config.data.data_dir == "data"  # the checkpoint's own, beside config.json's
     config.train.epochs = 2
     fit(config, Path("run"), resume=True, progress=False)
     metrics = read_metrics(tmp_path / "run")
