@@ -1,12 +1,12 @@
 """pyro-vae: variational autoencoders written as Pyro models and guides, trained by SVI."""
 
-from .config import DataConfig, ModelConfig, RunConfig, TrainConfig
-from .data import Dataset, load_dataset
-from .evaluate import (active_units, dataset_elbo_terms, dataset_log_likelihood, elbo_terms, iwae_bounds,
+from pyro_vae.runs.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from pyro_vae.data.datasets import Dataset, load_dataset
+from pyro_vae.inference.evaluate import (active_units, dataset_elbo_terms, dataset_log_likelihood, elbo_terms, iwae_bounds,
                        log_importance_weights, log_likelihood)
-from .models import SSVAE, VAE, ConditionalVAE, build_model
-from .runs import estimate_run, load_run
-from .train import FitResult, fit
+from pyro_vae.models import SSVAE, VAE, ConditionalVAE, build_model
+from pyro_vae.runs.run_dir import estimate_run, load_run
+from pyro_vae.training.trainer import FitResult, fit
 
 __version__ = "0.1.0"
 

@@ -10,12 +10,12 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
-from . import config as cfg
-from .checkpoint import CheckpointError
-from .distributed import ReplicasOutOfSync
-from .formats import DataFileError
-from .runs import CONFIG_FILE, estimate_run, load_run, write_embeddings, write_per_datapoint_csv
-from .train import TrainingDiverged, fit
+from pyro_vae.runs import config as cfg
+from pyro_vae.runs.checkpoint import CheckpointError
+from pyro_vae.training.distributed import ReplicasOutOfSync
+from pyro_vae.data.formats import DataFileError
+from pyro_vae.runs.run_dir import CONFIG_FILE, estimate_run, load_run, write_embeddings, write_per_datapoint_csv
+from pyro_vae.training.trainer import TrainingDiverged, fit
 
 DEFAULTS = cfg.RunConfig()
 
@@ -203,7 +203,7 @@ def _add_sample_parser(subparsers) -> None:
 
 def run_sample(args: argparse.Namespace) -> None:
     """Draw from the run's best model and save the figure."""
-    from .plots import samples_figure  # matplotlib costs 0.65 s of start-up; only this command needs it
+    from pyro_vae.viz.plots import samples_figure  # matplotlib costs 0.65 s of start-up; only this command needs it
 
     run = load_run(args.run_dir, args.device)
     try:
@@ -229,7 +229,7 @@ def _add_plot_parser(subparsers) -> None:
 
 
 def run_plot(args: argparse.Namespace) -> None:
-    from .run_figures import write_run_figures  # matplotlib costs 0.65 s of start-up; only drawing needs it
+    from pyro_vae.viz.run_figures import write_run_figures  # matplotlib costs 0.65 s of start-up; only drawing needs it
 
     run = load_run(args.run_dir, args.device)
     try:
@@ -260,7 +260,7 @@ def _add_score_parser(subparsers) -> None:
 
 
 def run_score(args: argparse.Namespace) -> None:
-    from .scoring import score_run, write_scores_csv
+    from pyro_vae.applications.scoring import score_run, write_scores_csv
 
     summary, scores = score_run(args.run_dir, args.dataset, data_dir=args.data_dir, download=args.download,
                                 split=args.split, num_samples=args.num_samples, num_particles=args.num_particles,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .config import ConfigError
+from pyro_vae.runs.config import ConfigError
 
 
 def resolve_device(name: str) -> torch.device:

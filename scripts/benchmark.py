@@ -16,21 +16,24 @@ import argparse
 import copy
 import json
 import logging
+import sys
 from pathlib import Path
 
 import pyro
 import torch
 
-from pyro_vae.batches import EpochBatches
-from pyro_vae.benchmarking import (bare_decoder_log_density, interleaved_median_seconds, machine_description,
+from pyro_vae.data.batches import EpochBatches
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))  # the reference loops live outside the package
+from benchmarking import (bare_decoder_log_density, interleaved_median_seconds, machine_description,
                                    plain_vae_loss)
-from pyro_vae.config import TrainConfig
-from pyro_vae.data import DatasetUnavailable, load_dataset
-from pyro_vae.evaluate import log_likelihood
-from pyro_vae.fast_path import compile_networks, make_adam, networks_of
+from pyro_vae.runs.config import TrainConfig
+from pyro_vae.data.datasets import DatasetUnavailable, load_dataset
+from pyro_vae.inference.evaluate import log_likelihood
+from pyro_vae.training.fast_path import compile_networks, make_adam, networks_of
 from pyro_vae.models import VAE
-from pyro_vae.objectives import NegativeELBO, make_objective
-from pyro_vae.train import train_steps
+from pyro_vae.inference.objectives import NegativeELBO, make_objective
+from pyro_vae.training.trainer import train_steps
 
 
 class RepeatedBatch:

@@ -18,10 +18,10 @@ import pyro
 import torch
 from torch.nn import functional as F
 
-from pyro_vae.batches import EpochBatches
+from pyro_vae.data.batches import EpochBatches
 from pyro_vae.models import ConditionalVAE
 from pyro_vae.nets import MLPClassifier
-from pyro_vae.runs import load_run
+from pyro_vae.runs.run_dir import load_run
 
 
 def train_judge(images: torch.Tensor, labels: torch.Tensor, num_classes: int, epochs: int, seed: int

@@ -20,12 +20,12 @@ from pathlib import Path
 import pyro
 import torch
 
-from pyro_vae.data import load_dataset
+from pyro_vae.data.datasets import load_dataset
 from pyro_vae.devices import resolve_device
-from pyro_vae.evaluate import mean_and_standard_error
+from pyro_vae.inference.evaluate import mean_and_standard_error
 from pyro_vae.models.structured_output import QuadrantBaseline, StructuredOutputCVAE
-from pyro_vae.plots import image_grid
-from pyro_vae.quadrants import conditional_log_likelihoods, evaluation_pairs, fit_quadrant_model, observed_mask
+from pyro_vae.viz.plots import image_grid
+from pyro_vae.applications.quadrants import conditional_log_likelihoods, evaluation_pairs, fit_quadrant_model, observed_mask
 
 # pyro-ppl's CVAE tutorial (examples/cvae): 10-particle -ELBO on the test set, grey-scale targets,
 # early stopping on the test set; nats per image over the unobserved pixels.

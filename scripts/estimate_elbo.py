@@ -11,10 +11,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from pyro_vae.checkpoint import CheckpointError
+from pyro_vae.runs.checkpoint import CheckpointError
 from pyro_vae.cli import add_estimate_arguments, run_estimate
-from pyro_vae.config import ConfigError
-from pyro_vae.formats import DataFileError
+from pyro_vae.runs.config import ConfigError
+from pyro_vae.data.formats import DataFileError
 
 
 def main() -> int:

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from pyro_vae import DataConfig, ModelConfig, RunConfig, TrainConfig, fit
-from pyro_vae.runs import estimate_run
+from pyro_vae.runs.run_dir import estimate_run
 
 # Published test NLL (nats) of one-stochastic-layer models on MNIST.
 PUBLISHED = [

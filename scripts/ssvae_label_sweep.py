@@ -20,8 +20,8 @@ import sys
 from pathlib import Path
 
 from pyro_vae import DataConfig, ModelConfig, RunConfig, TrainConfig, fit, load_run
-from pyro_vae.config import LABELLED_WEIGHTINGS
-from pyro_vae.plots import accuracy_vs_labels, class_conditional_grid
+from pyro_vae.runs.config import LABELLED_WEIGHTINGS
+from pyro_vae.viz.plots import accuracy_vs_labels, class_conditional_grid
 
 # Published MNIST test error (%) by number of labels.
 PUBLISHED = {

@@ -10,7 +10,7 @@ import time
 import pytest
 import torch
 
-from pyro_vae.checkpoint import load_checkpoint
+from pyro_vae.runs.checkpoint import load_checkpoint
 
 
 def pyro_vae(*args, cwd):

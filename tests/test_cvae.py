@@ -13,8 +13,8 @@ from torch.nn import functional as F
 
 from pyro_vae import ConditionalVAE, DataConfig, ModelConfig, RunConfig, TrainConfig, estimate_run, fit, load_dataset
 from pyro_vae.cli import main
-from pyro_vae.config import ConfigError
-from pyro_vae.runs import load_run
+from pyro_vae.runs.config import ConfigError
+from pyro_vae.runs.run_dir import load_run
 
 
 def test_sites_follow_the_shared_contract(binary_batch):

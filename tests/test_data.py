@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from conftest import write_amat, write_fake_mnist, write_idx
-from pyro_vae.batches import EpochBatches, fixed_binarization, resolve_binarization
-from pyro_vae.config import DataConfig
-from pyro_vae.data import DatasetUnavailable, load_dataset
-from pyro_vae.formats import DataFileError, read_amat, read_idx
-from pyro_vae.run_data import load_run_data
+from pyro_vae.data.batches import EpochBatches, fixed_binarization, resolve_binarization
+from pyro_vae.runs.config import DataConfig
+from pyro_vae.data.datasets import DatasetUnavailable, load_dataset
+from pyro_vae.data.formats import DataFileError, read_amat, read_idx
+from pyro_vae.data.resolve import load_run_data
 
 
 @pytest.mark.parametrize("compress", [False, True])

@@ -12,13 +12,13 @@ import torch
 import torch.multiprocessing as mp
 
 from pyro_vae import ModelConfig, TrainConfig, build_model, load_dataset
-from pyro_vae.batches import EpochBatches
-from pyro_vae.checkpoint import load_checkpoint
-from pyro_vae.distributed import (Replicas, ReplicasOutOfSync, ShardedBatches, check_replicas_in_sync,
+from pyro_vae.data.batches import EpochBatches
+from pyro_vae.runs.checkpoint import load_checkpoint
+from pyro_vae.training.distributed import (Replicas, ReplicasOutOfSync, ShardedBatches, check_replicas_in_sync,
                                   replicas_from_environment, seed_rank_for_epoch, wrap_loss)
-from pyro_vae.objectives import NegativeELBO, make_objective
-from pyro_vae.semisupervised import SemiSupervisedBatches
-from pyro_vae.train import train_steps
+from pyro_vae.inference.objectives import NegativeELBO, make_objective
+from pyro_vae.models.semisupervised import SemiSupervisedBatches
+from pyro_vae.training.trainer import train_steps
 
 WORLD_SIZE = 2
 GLOBAL_BATCH = 127  # ranks get 64 and 63 images: the uneven case

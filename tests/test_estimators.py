@@ -9,10 +9,10 @@ import torch
 from pyro.infer import RenyiELBO
 from torch import nn
 
-from pyro_vae.evaluate import (active_units, bits_per_dim, dataset_log_likelihood, elbo_terms, iwae_bounds,
+from pyro_vae.inference.evaluate import (active_units, bits_per_dim, dataset_log_likelihood, elbo_terms, iwae_bounds,
                                log_importance_weights, log_likelihood)
 from pyro_vae.models import VAE
-from pyro_vae.objectives import IWAE_ELBO, NegativeELBO, ScaleLatents, kl_weight_at, make_objective
+from pyro_vae.inference.objectives import IWAE_ELBO, NegativeELBO, ScaleLatents, kl_weight_at, make_objective
 
 
 class LinearGaussian(nn.Module):

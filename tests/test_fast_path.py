@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from pyro_vae import DataConfig, ModelConfig, RunConfig, TrainConfig, fit
-from pyro_vae.fast_path import compile_networks, make_adam, networks_of
+from pyro_vae.training.fast_path import compile_networks, make_adam, networks_of
 from pyro_vae.models import VAE
-from pyro_vae.objectives import NegativeELBO, make_objective
-from pyro_vae.train import train_steps
+from pyro_vae.inference.objectives import NegativeELBO, make_objective
+from pyro_vae.training.trainer import train_steps
 
 
 def loss_and_gradients(loss_module, x, seed):

@@ -10,13 +10,13 @@ import torch
 
 from conftest import write_fake_mnist
 from pyro_vae import DataConfig, ModelConfig, RunConfig, TrainConfig, fit, load_run
-from pyro_vae import plots
-from pyro_vae.config import ConfigError
-from pyro_vae.corruption import masked_block, salt_and_pepper
+from pyro_vae.viz import plots
+from pyro_vae.runs.config import ConfigError
+from pyro_vae.data.corruption import masked_block, salt_and_pepper
 from pyro_vae.models import latent_means
-from pyro_vae.run_figures import first_of_each_class, write_run_figures
-from pyro_vae.runs import write_embeddings
-from pyro_vae.scoring import auroc
+from pyro_vae.viz.run_figures import first_of_each_class, write_run_figures
+from pyro_vae.runs.run_dir import write_embeddings
+from pyro_vae.applications.scoring import auroc
 from test_cli import pyro_vae
 
 
@@ -205,7 +205,7 @@ def test_embeddings_are_written_as_npy_and_csv(runs, tmp_path):
     assert np.load(tmp_path / "z.npy").shape == (2000, 4)
     labels = np.load(tmp_path / "z.labels.npy")
     assert labels.tolist() == run.dataset.test_labels.tolist()
-    from pyro_vae.runs import evaluation_split
+    from pyro_vae.runs.run_dir import evaluation_split
     images, _ = evaluation_split(run.dataset, "test", run.config.data.binarize, run.config.train.seed)
     torch.testing.assert_close(means[:5], latent_means(run.model, images[:5], run.dataset.test_labels[:5]))
     result = pyro_vae("embed", str(runs / "vae"), "--out", "z.csv", cwd=tmp_path)

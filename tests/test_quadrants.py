@@ -7,10 +7,10 @@ import torch
 from pyro.infer import Trace_ELBO
 
 from pyro_vae import load_dataset
-from pyro_vae.checkpoint import load_checkpoint
-from pyro_vae.evaluate import elbo_terms, log_likelihood
+from pyro_vae.runs.checkpoint import load_checkpoint
+from pyro_vae.inference.evaluate import elbo_terms, log_likelihood
 from pyro_vae.models.structured_output import PriorProposal, QuadrantBaseline, StructuredOutputCVAE
-from pyro_vae.quadrants import (QuadrantBatches, conditional_log_likelihoods, evaluation_pairs, fit_quadrant_model,
+from pyro_vae.applications.quadrants import (QuadrantBatches, conditional_log_likelihoods, evaluation_pairs, fit_quadrant_model,
                                 masked_inputs, observed_mask)
 
 

@@ -11,10 +11,10 @@ from pyro.infer import config_enumerate
 from torch.nn import functional as F
 
 from pyro_vae import DataConfig, ModelConfig, RunConfig, TrainConfig, estimate_run, fit, load_dataset
-from pyro_vae.config import ConfigError
+from pyro_vae.runs.config import ConfigError
 from pyro_vae.models import SSVAE
-from pyro_vae.plots import class_conditional_grid
-from pyro_vae.semisupervised import SemiSupervisedBatches, SemiSupervisedLoss, balanced_labelled_indices
+from pyro_vae.viz.plots import class_conditional_grid
+from pyro_vae.models.semisupervised import SemiSupervisedBatches, SemiSupervisedLoss, balanced_labelled_indices
 
 NUM_CLASSES = 10
 
@@ -187,7 +187,7 @@ def test_semisupervised_settings_are_validated(change, message):
 
 
 def test_labelled_weighting_sets_the_weight_of_a_steps_labelled_terms(sample_dataset):
-    from pyro_vae.train import _loss_and_batches
+    from pyro_vae.training.trainer import _loss_and_batches
 
     losses = {}
     for weighting in ("pass", "batch"):

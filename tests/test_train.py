@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from pyro_vae import DataConfig, ModelConfig, RunConfig, TrainConfig, fit
-from pyro_vae.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from pyro_vae.config import ConfigError
-from pyro_vae.objectives import NegativeELBO
-from pyro_vae.runs import estimate_run, load_run
-from pyro_vae.train import TrainingDiverged
+from pyro_vae.runs.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from pyro_vae.runs.config import ConfigError
+from pyro_vae.inference.objectives import NegativeELBO
+from pyro_vae.runs.run_dir import estimate_run, load_run
+from pyro_vae.training.trainer import TrainingDiverged
 
 
 def small_config(epochs=2, **train):
@@ -252,7 +252,7 @@ def test_learning_rate_decays_every_epoch_and_resumes_from_the_epoch(tmp_path):
 
 
 def test_early_stopping_ends_the_run_patience_epochs_after_the_best(tmp_path, monkeypatch):
-    import pyro_vae.train as train_module
+    import pyro_vae.training.trainer as train_module
 
     real_score_split = train_module.score_split
     calls = []

@@ -10,7 +10,7 @@ from pyro.poutine.util import site_is_subsample
 from torch.nn import functional as F
 
 from pyro_vae.models import VAE
-from pyro_vae.objectives import NegativeELBO, make_objective
+from pyro_vae.inference.objectives import NegativeELBO, make_objective
 
 
 def standard_normal_log_density(z):

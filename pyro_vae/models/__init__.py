@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from ..config import ModelConfig
-from .cvae import ConditionalVAE
-from .ssvae import SSVAE
-from .vae import VAE
+from pyro_vae.runs.config import ModelConfig
+from pyro_vae.models.cvae import ConditionalVAE
+from pyro_vae.models.ssvae import SSVAE
+from pyro_vae.models.vae import VAE
 
 __all__ = ["SSVAE", "VAE", "ConditionalVAE", "build_model", "latent_means"]
 

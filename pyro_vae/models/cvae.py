@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..nets import MLPDecoder, MLPEncoder
+from pyro_vae.nets import MLPDecoder, MLPEncoder
 
 
 def _concat_broadcast(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -7,8 +7,8 @@ import pyro.distributions as dist
 import torch
 from pyro import poutine
 
-from ..nets import MLPClassifier
-from .cvae import ConditionalVAE
+from pyro_vae.nets import MLPClassifier
+from pyro_vae.models.cvae import ConditionalVAE
 
 
 class SSVAE(ConditionalVAE):

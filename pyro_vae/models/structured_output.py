@@ -12,7 +12,7 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
-from ..nets import MIN_SCALE
+from pyro_vae.nets import MIN_SCALE
 
 
 def _mlp(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Sequential:
@@ -140,7 +140,7 @@ class StructuredOutputCVAE(_MaskedOutput):
 
 class PriorProposal:
     """The model of a :class:`StructuredOutputCVAE` paired with its prior network as guide, for the
-    ``model``/``guide`` interface of :mod:`pyro_vae.evaluate`: importance sampling with it is the
+    ``model``/``guide`` interface of :mod:`pyro_vae.inference.evaluate`: importance sampling with it is the
     Monte Carlo estimate log mean_k p(y|x, z_k), z_k ~ p(z|x)."""
 
     def __init__(self, cvae: StructuredOutputCVAE) -> None:

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..nets import build_encoder_decoder
+from pyro_vae.nets import build_encoder_decoder
 
 
 class VAE(nn.Module):

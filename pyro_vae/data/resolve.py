@@ -8,9 +8,9 @@ from pathlib import Path
 
 import torch
 
-from .batches import resolve_binarization
-from .config import DataConfig
-from .data import Dataset, DatasetUnavailable, load_dataset
+from pyro_vae.data.batches import resolve_binarization
+from pyro_vae.runs.config import DataConfig
+from pyro_vae.data.datasets import Dataset, DatasetUnavailable, load_dataset
 
 logger = logging.getLogger(__name__)
 

@@ -9,12 +9,12 @@ import torch
 from matplotlib.figure import Figure
 from torch import nn
 
-from . import plots
-from .batches import evaluation_batches
-from .corruption import masked_block, salt_and_pepper
-from .models import latent_means
-from .models.cvae import ConditionalVAE
-from .runs import METRICS_FILE, LoadedRun, evaluation_split
+from pyro_vae.viz import plots
+from pyro_vae.data.batches import evaluation_batches
+from pyro_vae.data.corruption import masked_block, salt_and_pepper
+from pyro_vae.models import latent_means
+from pyro_vae.models.cvae import ConditionalVAE
+from pyro_vae.runs.run_dir import METRICS_FILE, LoadedRun, evaluation_split
 
 FIGURES_DIR = "figures"
 DPI = 110

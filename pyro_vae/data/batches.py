@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import torch
 
-from .formats import DataFileError
+from pyro_vae.data.formats import DataFileError
 
 
 def resolve_binarization(binarize: str, likelihood: str, data_is_binary: bool) -> str:

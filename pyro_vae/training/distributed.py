@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .config import ConfigError
+from pyro_vae.runs.config import ConfigError
 
 
 @dataclass(frozen=True)

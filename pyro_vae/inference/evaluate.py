@@ -13,7 +13,7 @@ from pyro.poutine.util import prune_subsample_sites
 from torch import nn
 from tqdm.auto import tqdm
 
-from .batches import evaluation_batches
+from pyro_vae.data.batches import evaluation_batches
 
 
 def trace_particles(model, guide, x: torch.Tensor, y: torch.Tensor | None, num_particles: int):

@@ -13,10 +13,10 @@ from typing import Any
 import torch
 from matplotlib.figure import Figure
 
-from .models import latent_means
-from .models.cvae import ConditionalVAE
-from .models.ssvae import SSVAE
-from .models.vae import VAE
+from pyro_vae.models import latent_means
+from pyro_vae.models.cvae import ConditionalVAE
+from pyro_vae.models.ssvae import SSVAE
+from pyro_vae.models.vae import VAE
 
 Model = VAE | ConditionalVAE
 

@@ -8,9 +8,9 @@ import torch
 from pyro.infer import Trace_ELBO, TraceEnum_ELBO, config_enumerate
 from torch import nn
 
-from .batches import evaluation_batches, fixed_binarization
-from .config import ConfigError
-from .models.ssvae import SSVAE
+from pyro_vae.data.batches import evaluation_batches, fixed_binarization
+from pyro_vae.runs.config import ConfigError
+from pyro_vae.models.ssvae import SSVAE
 
 # Statistics the loss keeps per step, summed over an epoch.
 _LOSS, _UNSUPERVISED, _NUM_UNLABELLED, _SUPERVISED, _NUM_LABELLED, _CLASSIFICATION, _CORRECT = range(7)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .config import ConfigError
+from pyro_vae.runs.config import ConfigError
 
 TENSORBOARD_DIR = "tensorboard"
 

@@ -17,13 +17,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .batches import EpochBatches, fixed_binarization
-from .checkpoint import load_checkpoint, save_checkpoint
-from .config import TrainConfig
-from .evaluate import dataset_elbo_terms, dataset_log_likelihood
-from .models.structured_output import PriorProposal, StructuredOutputCVAE
-from .objectives import NegativeELBO, make_objective
-from .train import train_steps
+from pyro_vae.data.batches import EpochBatches, fixed_binarization
+from pyro_vae.runs.checkpoint import load_checkpoint, save_checkpoint
+from pyro_vae.runs.config import TrainConfig
+from pyro_vae.inference.evaluate import dataset_elbo_terms, dataset_log_likelihood
+from pyro_vae.models.structured_output import PriorProposal, StructuredOutputCVAE
+from pyro_vae.inference.objectives import NegativeELBO, make_objective
+from pyro_vae.training.trainer import train_steps
 
 logger = logging.getLogger(__name__)
 

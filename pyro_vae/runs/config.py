@@ -73,8 +73,8 @@ class TrainConfig:
     device: str = "auto"
     aux_weight: float = 50.0  # --model ssvae: weight of the classifier term log q(y|x) per labelled image
     labelled_weighting: str = "batch"  # --model ssvae: see LABELLED_WEIGHTINGS
-    fast: bool = False  # fused Adam; Pyro's validation on each epoch's first step only (see pyro_vae.fast_path)
-    compile: bool = False  # torch.compile the networks, eager when that fails (see pyro_vae.fast_path)
+    fast: bool = False  # fused Adam; Pyro's validation on each epoch's first step only (see pyro_vae.training.fast_path)
+    compile: bool = False  # torch.compile the networks, eager when that fails (see pyro_vae.training.fast_path)
 
 
 @dataclass

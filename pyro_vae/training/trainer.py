@@ -17,23 +17,23 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .batches import EpochBatches
-from .checkpoint import load_checkpoint, restore_rng_states, rng_states, save_checkpoint
-from .config import ConfigError, DistributedConfig, RunConfig, config_differences
-from .devices import resolve_device
-from .distributed import (Replicas, ShardedBatches, barrier, broadcast_from_main, check_replicas_in_sync,
+from pyro_vae.data.batches import EpochBatches
+from pyro_vae.runs.checkpoint import load_checkpoint, restore_rng_states, rng_states, save_checkpoint
+from pyro_vae.runs.config import ConfigError, DistributedConfig, RunConfig, config_differences
+from pyro_vae.devices import resolve_device
+from pyro_vae.training.distributed import (Replicas, ShardedBatches, barrier, broadcast_from_main, check_replicas_in_sync,
                           device_of, reduce_min, reduce_sum, replicas_from_environment, seed_rank_for_epoch,
                           wrap_loss)
-from .evaluate import dataset_elbo_terms
-from .fast_path import compile_networks, make_adam
-from .models import build_model
-from .objectives import NegativeELBO, kl_weight_at, make_objective
-from .run_data import load_run_data
-from .runs import (BEST_CHECKPOINT, CONFIG_FILE, LAST_CHECKPOINT, METRICS_FILE, SUMMARY_FILE, evaluation_split,
+from pyro_vae.inference.evaluate import dataset_elbo_terms
+from pyro_vae.training.fast_path import compile_networks, make_adam
+from pyro_vae.models import build_model
+from pyro_vae.inference.objectives import NegativeELBO, kl_weight_at, make_objective
+from pyro_vae.data.resolve import load_run_data
+from pyro_vae.runs.run_dir import (BEST_CHECKPOINT, CONFIG_FILE, LAST_CHECKPOINT, METRICS_FILE, SUMMARY_FILE, evaluation_split,
                    summarize_terms)
-from .semisupervised import (SemiSupervisedBatches, SemiSupervisedLoss, balanced_labelled_indices,
+from pyro_vae.models.semisupervised import (SemiSupervisedBatches, SemiSupervisedLoss, balanced_labelled_indices,
                              semisupervised_scores)
-from .tensorboard_log import TensorBoardLog, summary_writer_class
+from pyro_vae.training.tensorboard_log import TensorBoardLog, summary_writer_class
 
 logger = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ def fit(config: RunConfig, run_dir: str | Path, *, resume: bool = False, overwri
     ``tensorboard`` also logs metrics and those figures to ``tensorboard/`` (needs the package).
 
     Under ``torchrun`` (``WORLD_SIZE`` > 1) every process calls ``fit`` with the same arguments:
-    they train one model data-parallel (see :mod:`pyro_vae.distributed`) and only rank 0 writes.
+    they train one model data-parallel (see :mod:`pyro_vae.training.distributed`) and only rank 0 writes.
     """
     config.validate()
     with replicas_from_environment(config.train.device) as replicas:
@@ -383,7 +383,7 @@ def _restore(run_dir: Path, config: RunConfig, model, optimizer, device: torch.d
 def _write_snapshot(run_dir: Path, config: RunConfig, dataset, model, epoch: int, suffix: str = "",
                     log: TensorBoardLog | None = None) -> None:
     """Reconstructions of 10 validation images (one per class where labelled) and prior samples in figures/."""
-    from .run_figures import FIGURES_DIR, first_of_each_class, save_figure, snapshot_figures  # matplotlib
+    from pyro_vae.viz.run_figures import FIGURES_DIR, first_of_each_class, save_figure, snapshot_figures  # matplotlib
 
     images, labels = evaluation_split(dataset, "valid", config.data.binarize, config.train.seed)
     chosen = first_of_each_class(labels, 10) if labels is not None else torch.arange(min(10, len(images)))

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .formats import DataFileError, read_amat, read_idx
+from pyro_vae.data.formats import DataFileError, read_amat, read_idx
 
 logger = logging.getLogger(__name__)
 

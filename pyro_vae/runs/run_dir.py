@@ -13,15 +13,15 @@ import pyro
 import torch
 from torch import nn
 
-from .batches import evaluation_batches, fixed_binarization
-from .checkpoint import CheckpointError, load_checkpoint
-from .config import ConfigError, RunConfig, config_differences
-from .data import Dataset, load_dataset
-from .devices import resolve_device
-from .evaluate import (active_units, bits_per_dim, dataset_elbo_terms, dataset_log_likelihood,
+from pyro_vae.data.batches import evaluation_batches, fixed_binarization
+from pyro_vae.runs.checkpoint import CheckpointError, load_checkpoint
+from pyro_vae.runs.config import ConfigError, RunConfig, config_differences
+from pyro_vae.data.datasets import Dataset, load_dataset
+from pyro_vae.devices import resolve_device
+from pyro_vae.inference.evaluate import (active_units, bits_per_dim, dataset_elbo_terms, dataset_log_likelihood,
                        mean_and_standard_error, posterior_means)
-from .models import build_model, latent_means
-from .semisupervised import classification_accuracy
+from pyro_vae.models import build_model, latent_means
+from pyro_vae.models.semisupervised import classification_accuracy
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"

@@ -14,7 +14,7 @@ from collections.abc import Callable
 import torch
 from torch.nn import functional as F
 
-from .models import VAE
+from pyro_vae.models import VAE
 
 
 def machine_description(device: torch.device) -> str:

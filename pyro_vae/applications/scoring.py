@@ -10,10 +10,10 @@ import pyro
 import torch
 from torch import nn
 
-from .config import ConfigError
-from .data import load_dataset
-from .evaluate import dataset_elbo_terms, dataset_log_likelihood
-from .runs import evaluation_split, load_run
+from pyro_vae.runs.config import ConfigError
+from pyro_vae.data.datasets import load_dataset
+from pyro_vae.inference.evaluate import dataset_elbo_terms, dataset_log_likelihood
+from pyro_vae.runs.run_dir import evaluation_split, load_run
 
 
 def auroc(in_distribution: torch.Tensor, out_of_distribution: torch.Tensor) -> float:
