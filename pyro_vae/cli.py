@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import logging
 import os
@@ -14,8 +15,12 @@ from pyro_vae.runs import config as cfg
 from pyro_vae.runs.checkpoint import CheckpointError
 from pyro_vae.training.distributed import ReplicasOutOfSync
 from pyro_vae.data.formats import DataFileError
-from pyro_vae.runs.run_dir import CONFIG_FILE, estimate_run, load_run, write_embeddings, write_per_datapoint_csv
-from pyro_vae.training.trainer import TrainingDiverged, fit
+from pyro_vae.runs.layout import CONFIG_FILE
+from pyro_vae.runs.run_dir import estimate_run, load_run, write_embeddings, write_per_datapoint_csv
+from pyro_vae.contract import (accepts_argument, constructor_parameters, import_model_class, registered_models,
+                               resolve_target)
+from pyro_vae.inference.estimators import ESTIMATORS
+from pyro_vae.training.trainer import TrainingDiverged, fit_config
 
 DEFAULTS = cfg.RunConfig()
 
@@ -65,39 +70,66 @@ _positive_float = _float_above(0.0, inclusive=False)
 _non_negative_float = _float_above(0.0, inclusive=True)
 
 
-# Settings that define a run: fixed once it started, so --resume refuses them.
-TRAIN_SETTINGS = ("dataset", "data_dir", "binarize", "valid_size", "download", "labels", "model", "arch",
-                  "hidden_dim", "z_dim", "likelihood", "gaussian_scale", "objective", "num_particles", "beta",
-                  "kl_warmup_epochs", "aux_weight", "labelled_weighting", "batch_size", "eval_batch_size", "lr",
-                  "lr_decay", "patience", "seed", "device", "fast", "compile")
+# Model options: shortcuts for --model-arg NAME=VALUE, passed only when given (the class's default otherwise).
+MODEL_OPTIONS = {"arch": "arch", "hidden_dim": "hidden_dim", "z_dim": "z_dim", "likelihood": "likelihood",
+                 "gaussian_scale": "gaussian_scale", "labels": "labels", "aux_weight": "aux_weight",
+                 "labelled_weighting": "labelled_weighting"}
+# Data and training options: where each lives in the run's config.
+RUN_OPTIONS = {"dataset": ("data", "dataset"), "data_dir": ("data", "data_dir"), "binarize": ("data", "binarize"),
+               "valid_size": ("data", "valid_size"), "download": ("data", "download"),
+               **{name: ("train", name) for name in ("objective", "num_particles", "beta", "kl_warmup_epochs",
+                                                     "batch_size", "eval_batch_size", "lr", "lr_decay", "patience",
+                                                     "seed", "device", "fast", "compile")}}
+
+
+def _model_arg(text: str) -> tuple[str, object]:
+    """``NAME=VALUE``; VALUE read as a Python literal (3, 0.5, True, None, 'text'), else as text."""
+    name, equals, value = text.partition("=")
+    if not equals or not name.isidentifier():
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE (e.g. z_dim=32), got {text!r}")
+    try:
+        return name, ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return name, value
 
 
 def _add_train_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser("train", help="train a model by SVI and write a run directory",
                                    formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    data, model, train = DEFAULTS.data, DEFAULTS.model, DEFAULTS.train
+    data, train = DEFAULTS.data, DEFAULTS.train
     group = parser.add_argument_group("data")
     group.add_argument("--dataset", choices=("auto",) + cfg.DATASETS, default=data.dataset,
                        help="auto: mnist if on disk or downloadable, else the bundled mnist-sample")
     group.add_argument("--data-dir", default=data.data_dir,
                        help="torchvision root (DIR/MNIST/raw/...) or folder with the dataset's files")
     group.add_argument("--binarize", choices=("auto",) + cfg.BINARIZATIONS, default=data.binarize,
-                       help="auto: dynamic for grey data under the Bernoulli likelihood, else none")
+                       help="auto: dynamic for grey data under a model of binary data, else none")
     group.add_argument("--valid-size", type=_positive_int, default=data.valid_size,
                        help="validation images carved from train (default: one sixth of train)")
     group.add_argument("--no-download", dest="download", action="store_false", help="never try to download data")
-    group.add_argument("--labels", type=_positive_int, default=data.labels,
-                       help="--model ssvae: labelled training images, the same number per class (seeded)")
-    group = parser.add_argument_group("model")
-    group.add_argument("--model", choices=cfg.MODELS, default=model.model,
-                       help="vae; cvae: class-conditional, p(x|y, z); ssvae: the semi-supervised M2 of "
-                            "Kingma et al. (2014), needs --labels")
-    group.add_argument("--arch", choices=cfg.ARCHITECTURES, default=model.arch)
-    group.add_argument("--hidden-dim", type=_positive_int, default=model.hidden_dim)
-    group.add_argument("--z-dim", type=_positive_int, default=model.z_dim)
-    group.add_argument("--likelihood", choices=cfg.LIKELIHOODS, default=model.likelihood)
-    group.add_argument("--gaussian-scale", type=_positive_float, default=model.gaussian_scale,
-                       help="fixed pixel std of the Gaussian likelihood (default: learned)")
+    group = parser.add_argument_group(
+        "model", "a built-in name or any model/guide class by import path (module:Class); the options below pass "
+                 "keyword arguments to its class, so they apply to classes that take them")
+    group.add_argument("--model", default=DEFAULTS.model.model, metavar="NAME|MODULE:CLASS",
+                       help=f"{', '.join(registered_models())} (vae; cvae: class-conditional p(x|y, z); ssvae: the "
+                            "semi-supervised M2 of Kingma et al. 2014, needs --labels), or e.g. mypkg.models:MyVAE")
+    group.add_argument("--model-arg", dest="model_args", type=_model_arg, action="append", default=[],
+                       metavar="NAME=VALUE", help="a keyword argument of the model's class (repeatable)")
+    group.add_argument("--arch", choices=("mlp", "conv"), default=None, help="vae: network architecture")
+    group.add_argument("--hidden-dim", type=_positive_int, default=None, help="width of hidden layers (built-ins: 400)")
+    group.add_argument("--z-dim", type=_positive_int, default=None, help="latent dimensions (built-ins: 50)")
+    group.add_argument("--likelihood", choices=("bernoulli", "gaussian", "continuous-bernoulli"), default=None,
+                       help="vae: p(x|z) (default bernoulli)")
+    group.add_argument("--gaussian-scale", type=_positive_float, default=None,
+                       help="vae: fixed pixel std of the Gaussian likelihood (default: learned)")
+    group.add_argument("--labels", type=_positive_int, default=None,
+                       help="ssvae: labelled training images, the same number per class (seeded)")
+    group.add_argument("--aux-weight", type=_non_negative_float, default=None,
+                       help="ssvae: weight alpha of the classifier term alpha * log q(y|x) per labelled image (50)")
+    group.add_argument("--labelled-weighting", choices=("pass", "batch"), default=None,
+                       help="ssvae: pass: an epoch's labelled terms add up to one pass over the labelled "
+                            "subset (Kingma et al.'s objective); batch (default): each labelled image drawn weighs as "
+                            "much as an unlabelled one (pyro-ppl's SS-VAE example)")
     group = parser.add_argument_group("training")
     group.add_argument("--objective", choices=cfg.OBJECTIVES, default=train.objective,
                        help="elbo: Trace_ELBO; meanfield: TraceMeanField_ELBO (analytic KL); "
@@ -108,12 +140,6 @@ def _add_train_parser(subparsers) -> argparse.ArgumentParser:
                        help="weight of the KL term (beta-VAE); applied by scaling the latent sites")
     group.add_argument("--kl-warmup-epochs", type=_non_negative_int, default=train.kl_warmup_epochs,
                        help="anneal the KL weight linearly from 0 to --beta over this many epochs")
-    group.add_argument("--aux-weight", type=_non_negative_float, default=train.aux_weight,
-                       help="--model ssvae: weight alpha of the classifier term alpha * log q(y|x) per labelled image")
-    group.add_argument("--labelled-weighting", choices=cfg.LABELLED_WEIGHTINGS, default=train.labelled_weighting,
-                       help="--model ssvae: pass: an epoch's labelled terms add up to one pass over the labelled "
-                            "subset (Kingma et al.'s objective); batch: each labelled image drawn weighs as much as "
-                            "an unlabelled one (pyro-ppl's SS-VAE example)")
     group.add_argument("--epochs", type=_positive_int, default=None,
                        help=f"training epochs (default {train.epochs}; with --resume, the new total)")
     group.add_argument("--batch-size", type=_positive_int, default=train.batch_size)
@@ -149,6 +175,8 @@ def _add_train_parser(subparsers) -> argparse.ArgumentParser:
 def add_estimate_arguments(parser: argparse.ArgumentParser) -> None:
     """Options shared by ``pyro-vae evaluate`` and ``scripts/estimate_elbo.py``."""
     parser.add_argument("--split", choices=("test", "valid"), default="test")
+    parser.add_argument("--estimator", choices=sorted(ESTIMATORS), default="is",
+                        help="how log p(x) is estimated: is = importance sampling with the guide as proposal")
     parser.add_argument("--num-samples", type=_positive_int, default=5000,
                         help="K, importance samples per image for log p(x) and the IWAE bounds")
     parser.add_argument("--num-particles", type=_positive_int, default=10,
@@ -164,7 +192,7 @@ def add_estimate_arguments(parser: argparse.ArgumentParser) -> None:
 def run_estimate(path: Path, args: argparse.Namespace) -> None:
     """Estimate, print the JSON summary, write the files asked for."""
     summary, per_datapoint = estimate_run(
-        path, args.split, num_samples=args.num_samples, num_particles=args.num_particles,
+        path, args.split, estimator=args.estimator, num_samples=args.num_samples, num_particles=args.num_particles,
         chunk_size=args.chunk_size, batch_size=args.batch_size, device=args.device, progress=not args.no_progress,
     )
     _print_summary(summary, args.json)
@@ -250,6 +278,8 @@ def _add_score_parser(subparsers) -> None:
     parser.add_argument("--data-dir", default="data", help="where --dataset's files are")
     parser.add_argument("--no-download", dest="download", action="store_false", help="never try to download data")
     parser.add_argument("--split", choices=("test", "valid"), default="test")
+    parser.add_argument("--estimator", choices=sorted(ESTIMATORS), default="is",
+                        help="how log p(x) is estimated: is = importance sampling with the guide as proposal")
     parser.add_argument("--num-samples", type=_positive_int, default=1000, help="K for the importance-sampled log p(x)")
     parser.add_argument("--num-particles", type=_positive_int, default=10, help="samples for the ELBO")
     parser.add_argument("--batch-size", type=_positive_int, default=100, help="images scored at once")
@@ -299,41 +329,83 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _requested_model_args(args: argparse.Namespace) -> dict[str, object]:
+    """The model's keyword arguments the command gives: --model-arg pairs and the model options."""
+    given = dict(args.model_args)
+    for dest, name in MODEL_OPTIONS.items():
+        value = getattr(args, dest)
+        if value is not None:
+            if name in given and given[name] != value:
+                raise cfg.ConfigError(f"--{dest.replace('_', '-')} {value} and --model-arg {name}={given[name]!r} "
+                                      "contradict each other; give one")
+            given[name] = value
+    return given
+
+
+def _check_model_args(model: str, model_args: dict[str, object]) -> None:
+    """Refuse an argument the model's class does not take, naming the option that gave it."""
+    cls = import_model_class(model)
+    for name in model_args:
+        if not accepts_argument(cls, name):
+            option = f"--{name.replace('_', '-')}" if name in MODEL_OPTIONS.values() else f"--model-arg {name}"
+            names, _ = constructor_parameters(cls)
+            raise cfg.ConfigError(f"{option}: {cls.__name__} accepts no argument {name!r} (it accepts: "
+                                  f"{', '.join(sorted(names)) or 'none'})")
+
+
+def _config_from_arguments(args: argparse.Namespace, train_parser: argparse.ArgumentParser) -> cfg.RunConfig:
+    model_args = _requested_model_args(args)
+    _check_model_args(args.model, model_args)
+    values = {"data": {}, "train": {}}
+    for dest, (section, name) in RUN_OPTIONS.items():
+        values[section][name] = getattr(args, dest)
+    values["train"]["epochs"] = args.epochs or DEFAULTS.train.epochs
+    return cfg.RunConfig(data=cfg.DataConfig(**values["data"]), model=cfg.ModelConfig(args.model, model_args),
+                         train=cfg.TrainConfig(**values["train"]))
+
+
+def _resumed_config(args: argparse.Namespace, train_parser: argparse.ArgumentParser) -> cfg.RunConfig:
+    """The run's own config; options given on the command line must equal its settings (the same
+    command with --resume appended resumes; a different setting is refused)."""
+    config = cfg.RunConfig.load(args.out / CONFIG_FILE)
+    differences = []
+    for dest, (section, name) in RUN_OPTIONS.items():
+        value = getattr(args, dest)
+        if value != train_parser.get_default(dest) and not _same_as_run(dest, value, getattr(getattr(config, section), name)):
+            differences.append(f"--{dest.replace('_', '-')} {value} (the run has {getattr(getattr(config, section), name)!r})")
+    if args.model != DEFAULTS.model.model and resolve_target(args.model) != resolve_target(config.model.model):
+        differences.append(f"--model {args.model} (the run has {config.model.model})")
+    saved_args = config.model.args or {}
+    for name, value in _requested_model_args(args).items():
+        if saved_args.get(name, value) != value or name not in saved_args:
+            differences.append(f"model argument {name}={value!r} (the run has {saved_args.get(name, 'no such argument')!r})")
+    if differences:
+        train_parser.error(f"--resume continues the run with the settings in its config.json, but "
+                           f"{'; '.join(differences)}; drop them or start a new run with another --out")
+    if args.epochs is not None:
+        config.train.epochs = args.epochs
+    return config
+
+
+def _same_as_run(dest: str, requested: object, saved: object) -> bool:
+    if dest == "data_dir":
+        return Path(str(requested)).resolve() == Path(str(saved)).resolve()
+    return requested == saved
+
+
 def _run_train(args: argparse.Namespace, train_parser: argparse.ArgumentParser) -> None:
     if args.resume and args.overwrite:
         train_parser.error("--resume and --overwrite contradict each other; choose one")
-    if args.resume:
-        if args.out is None:
-            train_parser.error("--resume needs --out RUN_DIR, the run to continue")
-        changed = [f"--{dest.replace('_', '-')}" for dest in TRAIN_SETTINGS
-                   if getattr(args, dest) != train_parser.get_default(dest)]
-        if changed:
-            train_parser.error(f"--resume continues the run with the settings in its config.json; "
-                               f"drop {', '.join(changed)} or start a new run with another --out")
-        config = cfg.RunConfig.load(args.out / CONFIG_FILE)
-        if args.epochs is not None:
-            config.train.epochs = args.epochs
-    else:
-        config = cfg.RunConfig(
-            data=cfg.DataConfig(dataset=args.dataset, data_dir=args.data_dir, binarize=args.binarize,
-                                valid_size=args.valid_size, download=args.download, labels=args.labels),
-            model=cfg.ModelConfig(model=args.model, arch=args.arch, hidden_dim=args.hidden_dim, z_dim=args.z_dim,
-                                  likelihood=args.likelihood, gaussian_scale=args.gaussian_scale),
-            train=cfg.TrainConfig(objective=args.objective, num_particles=args.num_particles, beta=args.beta,
-                                  kl_warmup_epochs=args.kl_warmup_epochs, aux_weight=args.aux_weight,
-                                  labelled_weighting=args.labelled_weighting,
-                                  epochs=args.epochs or DEFAULTS.train.epochs, batch_size=args.batch_size,
-                                  eval_batch_size=args.eval_batch_size, lr=args.lr, lr_decay=args.lr_decay,
-                                  patience=args.patience, seed=args.seed,
-                                  device=args.device, fast=args.fast, compile=args.compile),
-        )
+    if args.resume and args.out is None:
+        train_parser.error("--resume needs --out RUN_DIR, the run to continue")
+    config = _resumed_config(args, train_parser) if args.resume else _config_from_arguments(args, train_parser)
     if args.out is None and _launched_ranks() > 1:
         train_parser.error("under torchrun pass --out RUN_DIR, so that every process names the same run directory")
     run_dir = args.out or Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
     if _rank() == 0:
         print(f"run directory: {run_dir}")
-    fit(config, run_dir, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress,
-        detect_anomaly=args.detect_anomaly, plot_every=args.plot_every, tensorboard=args.tensorboard)
+    fit_config(config, run_dir, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress,
+               detect_anomaly=args.detect_anomaly, plot_every=args.plot_every, tensorboard=args.tensorboard)
 
 
 def _launched_ranks() -> int:
@@ -346,6 +418,8 @@ def _rank() -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if "" not in sys.path and os.getcwd() not in sys.path:  # models by import path from the working directory,
+        sys.path.insert(0, os.getcwd())                      # as `python -m` and uvicorn find them
     parser = build_parser()
     args = parser.parse_args(argv)
     # Under torchrun rank 0 reports; the others only warn.

@@ -13,7 +13,8 @@ from torch import nn
 from pyro_vae.runs.config import ConfigError
 from pyro_vae.data.datasets import load_dataset
 from pyro_vae.inference.evaluate import dataset_elbo_terms, dataset_log_likelihood
-from pyro_vae.runs.run_dir import evaluation_split, load_run
+from pyro_vae.data.batches import evaluation_split
+from pyro_vae.runs.run_dir import load_run
 
 
 def auroc(in_distribution: torch.Tensor, out_of_distribution: torch.Tensor) -> float:
@@ -55,8 +56,9 @@ def score_run(path: str | Path, other_dataset: str | None = None, *, data_dir: s
     telling the other dataset from the run's own. Returns the summary and the per-image scores per set.
     """
     run = load_run(path, device)
-    if run.config.model.model == "cvae":
-        raise ConfigError("score needs a model of x alone (vae or ssvae); a cvae models x given its label")
+    if getattr(run.model, "needs_labels", False):
+        raise ConfigError(f"score needs a model of x alone; {type(run.model).__name__} models x given its label "
+                          "(needs_labels)")
     config = run.config
     seed = config.train.seed
     pyro.set_rng_seed(seed)

@@ -8,17 +8,39 @@ import torch
 
 from pyro_vae.data.formats import DataFileError
 
+# Held-out splits are scored on one fixed binarization each, seeded by the run's seed plus this.
+BINARIZATION_SEED_OFFSETS = {"train": 0, "valid": 1, "test": 2}
 
-def resolve_binarization(binarize: str, likelihood: str, data_is_binary: bool) -> str:
-    """Replace ``"auto"`` by the binarization the likelihood needs, and refuse impossible pairs."""
+
+def resolve_binarization(binarize: str, observes_binary_data: bool, data_is_binary: bool,
+                         data_in_unit_interval: bool) -> str:
+    """Replace ``"auto"`` by the binarization the model needs, and refuse impossible pairs.
+
+    ``auto`` is ``dynamic`` for grey data in [0, 1] under a model of binary data (Bernoulli
+    pixels), else ``none``.
+    """
     if binarize == "auto":
-        binarize = "dynamic" if likelihood == "bernoulli" and not data_is_binary else "none"
-    if likelihood == "bernoulli" and binarize == "none" and not data_is_binary:
+        grey = data_in_unit_interval and not data_is_binary
+        return "dynamic" if observes_binary_data and grey else "none"
+    if binarize != "none" and not observes_binary_data:
+        raise DataFileError(f"the model scores grey-scale values, so --binarize {binarize} would throw information "
+                            "away; use --binarize none, or a model of binary data (--likelihood bernoulli)")
+    if binarize != "none" and not data_in_unit_interval:
+        raise DataFileError(f"--binarize {binarize} draws pixels from values in [0, 1], but this data has values "
+                            "outside; use --binarize none")
+    if observes_binary_data and binarize == "none" and data_in_unit_interval and not data_is_binary:
         raise DataFileError(
             "the Bernoulli likelihood needs 0/1 pixels but this dataset is grey-scale; use --binarize "
             "dynamic|static|threshold, or --likelihood gaussian|continuous-bernoulli for grey data"
         )
     return binarize
+
+
+def evaluation_split(dataset, split: str, binarize: str, seed: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Datapoints of ``split`` as evaluation sees them (one seeded binarization, so numbers compare across
+    epochs and runs), and labels."""
+    images, labels = dataset.split(split)
+    return fixed_binarization(images, binarize, seed + BINARIZATION_SEED_OFFSETS[split]), labels
 
 
 def fixed_binarization(images: torch.Tensor, binarize: str, seed: int) -> torch.Tensor:

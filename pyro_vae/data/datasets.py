@@ -1,11 +1,11 @@
-"""Dataset registry: find (or download) the files, read them, split off validation, put on a device.
-
-Every dataset comes back as a :class:`Dataset` of flat float32 images in [0, 1] with integer
-labels, one tensor per split, all resident on the requested device.
+"""Datasets: the named image sets (found or downloaded, read, validation split off) and any data of
+the user's own (:func:`as_dataset`), each a :class:`Dataset` of flat float32 datapoints with optional
+integer labels, one tensor per split, all resident on the requested device.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import os
@@ -13,6 +13,7 @@ import urllib.request
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -63,7 +64,11 @@ class DatasetUnavailable(DataFileError):
 
 @dataclass
 class Dataset:
-    """Images (flat, float32 in [0, 1]) and labels (int64, or None) of the three splits."""
+    """Datapoints (flat float32 rows: images or any vectors) and labels (int64, or None) of the splits.
+
+    ``shape`` is one datapoint's shape before flattening (``(1, 28, 28)`` for MNIST, ``(2,)`` for
+    points in the plane); a dataset without a test split has ``test_images`` None.
+    """
 
     name: str
     source: str
@@ -71,19 +76,125 @@ class Dataset:
     train_labels: torch.Tensor | None
     valid_images: torch.Tensor
     valid_labels: torch.Tensor | None
-    test_images: torch.Tensor
-    test_labels: torch.Tensor | None
-    image_shape: tuple[int, int, int] = IMAGE_SHAPE
+    test_images: torch.Tensor | None = None
+    test_labels: torch.Tensor | None = None
+    shape: tuple[int, ...] = IMAGE_SHAPE
 
     def split(self, name: str) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Images and labels of ``"train"``, ``"valid"`` or ``"test"``."""
-        if name not in ("train", "valid", "test"):
-            raise ValueError(f"unknown split {name!r}; use train, valid or test")
+        """Datapoints and labels of ``"train"``, ``"valid"`` or ``"test"``."""
+        if name not in self.splits:
+            raise ValueError(f"{self.name} has no split {name!r}; it has {', '.join(self.splits)}")
         return getattr(self, f"{name}_images"), getattr(self, f"{name}_labels")
 
     @property
+    def splits(self) -> tuple[str, ...]:
+        return ("train", "valid") if self.test_images is None else ("train", "valid", "test")
+
+    @property
+    def x_dim(self) -> int:
+        """Values per datapoint."""
+        return self.train_images.shape[1]
+
+    @property
+    def image_shape(self) -> tuple[int, int] | None:
+        """(height, width) of image data, None for other data."""
+        if len(self.shape) == 3 and self.shape[0] == 1:
+            return self.shape[1], self.shape[2]
+        return tuple(self.shape) if len(self.shape) == 2 else None
+
+    @property
     def is_binary(self) -> bool:
-        return all(bool(((x == 0) | (x == 1)).all()) for x in (self.train_images, self.valid_images, self.test_images))
+        return all(bool(((x == 0) | (x == 1)).all()) for x in self._split_tensors())
+
+    @property
+    def in_unit_interval(self) -> bool:
+        """Every value in [0, 1]: data a Bernoulli likelihood can score after binarization."""
+        return all(bool(((x >= 0) & (x <= 1)).all()) for x in self._split_tensors())
+
+    def _split_tensors(self) -> list[torch.Tensor]:
+        return [self.split(name)[0] for name in self.splits]
+
+
+def as_dataset(
+    data: Any,
+    *,
+    valid: Any = None,
+    test: Any = None,
+    valid_size: int | None = None,
+    seed: int = 0,
+    name: str = "custom",
+    device: str | torch.device = "cpu",
+) -> Dataset:
+    """Any data as a :class:`Dataset`: a :class:`Dataset` (moved to ``device``), a tensor of datapoints,
+    a pair ``(x, y)`` of tensors, a map-style ``torch.utils.data.Dataset`` or a ``DataLoader`` whose
+    items are ``x`` or ``(x, y)``.
+
+    Datapoints of any shape are flattened to rows (the shape is kept); labels must be integers.
+    Without ``valid``, ``valid_size`` datapoints (default one sixth) are carved from ``data``, seeded.
+    """
+    if isinstance(data, Dataset):
+        if valid is not None or test is not None:
+            raise ValueError("valid= and test= go with data of your own; a pyro_vae Dataset has its splits already")
+        moved = {key: None if value is None else value.to(device) for key, value in vars(data).items()
+                 if isinstance(value, torch.Tensor) or value is None}
+        return dataclasses.replace(data, **moved)
+    x, y = _tensors_of(data, "data")
+    if valid is None:
+        order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
+        num_valid = len(x) // 6 if valid_size is None else valid_size
+        if not 0 < num_valid < len(x):
+            raise ValueError(f"valid_size {num_valid} must be between 1 and {len(x) - 1} ({len(x)} datapoints); or "
+                             "pass valid=")
+        valid_x, valid_y = x[order[:num_valid]], None if y is None else y[order[:num_valid]]
+        x, y = x[order[num_valid:]], None if y is None else y[order[num_valid:]]
+    else:
+        valid_x, valid_y = _tensors_of(valid, "valid")
+    test_x, test_y = _tensors_of(test, "test") if test is not None else (None, None)
+    shape = tuple(x.shape[1:])
+    for split, other in (("valid", valid_x), ("test", test_x)):
+        if other is not None and tuple(other.shape[1:]) != shape:
+            raise ValueError(f"{split} datapoints have shape {tuple(other.shape[1:])} but data has {shape}")
+    if (y is None) != (valid_y is None) or (test_x is not None and (y is None) != (test_y is None)):
+        raise ValueError("labels are given for some splits only; give them for every split or for none")
+    flat = lambda t: None if t is None else t.reshape(len(t), -1).to(device)  # noqa: E731
+    on_device = lambda t: None if t is None else t.to(device)  # noqa: E731
+    return Dataset(name=name, source="in memory", train_images=flat(x), train_labels=on_device(y),
+                   valid_images=flat(valid_x), valid_labels=on_device(valid_y), test_images=flat(test_x),
+                   test_labels=on_device(test_y), shape=shape)
+
+
+def _tensors_of(data: Any, role: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(x, y)`` stacked from a tensor, a pair of tensors, a map-style dataset or a data loader."""
+    if isinstance(data, torch.Tensor):
+        x, y = data, None
+    elif isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
+        x, y = data
+    elif isinstance(data, (torch.utils.data.Dataset, torch.utils.data.DataLoader)):
+        if isinstance(data, torch.utils.data.IterableDataset):
+            raise ValueError(f"{role}: an IterableDataset has no length to index; wrap it in a DataLoader")
+        items = list(data) if isinstance(data, torch.utils.data.DataLoader) else [data[i] for i in range(len(data))]
+        if not items:
+            raise ValueError(f"{role}: the dataset is empty")
+        pairs = [item if isinstance(item, (tuple, list)) else (item,) for item in items]
+        if len({len(pair) for pair in pairs}) != 1 or len(pairs[0]) > 2:
+            raise ValueError(f"{role}: items must all be x or all be (x, y); got items of {len(pairs[0])} parts")
+        join = torch.cat if isinstance(data, torch.utils.data.DataLoader) else torch.stack
+        x = join([torch.as_tensor(pair[0]) for pair in pairs])
+        y = join([torch.as_tensor(pair[1]) for pair in pairs]) if len(pairs[0]) == 2 else None
+    else:
+        raise ValueError(f"{role}: expected a tensor, a pair (x, y) of tensors, a torch Dataset or a DataLoader; got "
+                         f"{type(data).__name__}")
+    if x.ndim < 2 or len(x) == 0:
+        raise ValueError(f"{role}: expected datapoints along the first dimension, got a tensor of shape {tuple(x.shape)}")
+    if not x.is_floating_point():
+        x = x.float()
+    if not torch.isfinite(x).all():
+        raise ValueError(f"{role}: some values are NaN or infinite")
+    if y is not None:
+        if y.is_floating_point() or y.shape != x.shape[:1]:
+            raise ValueError(f"{role}: labels must be one integer per datapoint, got {y.dtype} of shape {tuple(y.shape)}")
+        y = y.long()
+    return x.float(), y
 
 
 def load_dataset(

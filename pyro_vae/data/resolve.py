@@ -8,18 +8,16 @@ from pathlib import Path
 
 import torch
 
-from pyro_vae.data.batches import resolve_binarization
 from pyro_vae.runs.config import DataConfig
 from pyro_vae.data.datasets import Dataset, DatasetUnavailable, load_dataset
 
 logger = logging.getLogger(__name__)
 
 
-def load_run_data(
-    config: DataConfig, likelihood: str, seed: int, device: torch.device
-) -> tuple[Dataset, DataConfig]:
-    """Load the configured dataset and return it with settings resolved: ``auto`` replaced by what
-    was used, ``data_dir`` made absolute (so the run can be evaluated from anywhere).
+def load_run_data(config: DataConfig, seed: int, device: torch.device) -> tuple[Dataset, DataConfig]:
+    """Load the configured dataset and return it with settings resolved: ``auto`` replaced by the
+    dataset used, ``data_dir`` made absolute (so the run can be evaluated from anywhere), the
+    datapoints' shape recorded. The binarization is resolved by training, which knows the model.
 
     ``dataset="auto"`` is MNIST when its files are in ``data_dir`` or can be downloaded, else the
     bundled ``mnist-sample`` (with a notice).
@@ -35,9 +33,8 @@ def load_run_data(
             dataset = load_dataset("mnist-sample", config.data_dir, **options)
     else:
         dataset = load_dataset(name, config.data_dir, **options)
-    binarize = resolve_binarization(config.binarize, likelihood, dataset.is_binary)
     resolved = dataclasses.replace(
-        config, dataset=dataset.name, data_dir=str(Path(config.data_dir).resolve()), binarize=binarize,
-        valid_size=len(dataset.valid_images),
+        config, dataset=dataset.name, data_dir=str(Path(config.data_dir).resolve()),
+        valid_size=len(dataset.valid_images), shape=list(dataset.shape),
     )
     return dataset, resolved

@@ -167,12 +167,30 @@ def log_likelihood(
 
 @torch.no_grad()
 def posterior_means(model_obj: nn.Module, images: torch.Tensor, labels: torch.Tensor | None = None,
-                    batch_size: int = 1000, site: str = "z") -> torch.Tensor:
-    """E_q[z|x] for every image, read from the guide's distribution at ``site``."""
+                    batch_size: int = 1000, site: str = "z", num_samples: int = 100) -> torch.Tensor:
+    """E_q[z|x] for every image, from the guide's distribution at ``site``: its mean where it has one in
+    closed form, else the average of ``num_samples`` draws (a flow, a mixture)."""
     means = []
     for x, y in evaluation_batches(images, labels, batch_size):
-        means.append(poutine.trace(model_obj.guide).get_trace(x, y).nodes[site]["fn"].mean)
+        guide_trace = poutine.trace(model_obj.guide).get_trace(x, y)
+        if site not in guide_trace.nodes:
+            raise ValueError(f"the guide of {type(model_obj).__name__} has no sample site {site!r}")
+        try:
+            means.append(guide_trace.nodes[site]["fn"].mean)
+        except NotImplementedError:
+            with pyro.plate("posterior_draws", num_samples, dim=-2):
+                draws = poutine.trace(model_obj.guide).get_trace(x, y).nodes[site]["value"]
+            means.append(draws.mean(0))
     return torch.cat(means)
+
+
+def latent_means(model_obj: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+    """A summary z of each datapoint: the model's ``encode(x, y)`` where it has one, else
+    :func:`posterior_means` of the guide's site ``z``."""
+    encode = getattr(model_obj, "encode", None)
+    if callable(encode):
+        return encode(x, y)
+    return posterior_means(model_obj, x, y, batch_size=len(x))
 
 
 def active_units(means: torch.Tensor, threshold: float = 0.01) -> int:

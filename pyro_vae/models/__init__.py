@@ -1,41 +1,30 @@
-"""Model/guide pairs, one file per model family, built from a :class:`~pyro_vae.config.ModelConfig`."""
+"""Model/guide pairs, one file per built-in family, each written on the contract every model follows.
 
-from __future__ import annotations
+The contract (checked by :func:`pyro_vae.contract.check_model`): a model is a ``torch.nn.Module``
+(or ``PyroModule``) with
 
-import torch
+- ``model(x, y=None)``: the generative model; observed site(s) with ``obs=x``, latent sites, all
+  inside ``pyro.plate("data", x.shape[0])`` at dim -1 (per-datapoint dimensions in
+  ``.to_event``), so particles can be vectorised by a plate at dim -2;
+- ``guide(x, y=None)``: the amortized posterior over the same latent sites, in the same plate.
 
-from pyro_vae.runs.config import ModelConfig
+No base class is needed. Optional, each switching on a feature when present:
+
+- ``needs_labels = True``: the toolkit passes the data's labels as ``y`` (a model of p(x|y), a
+  CVAE); otherwise ``y`` is None and scores are of p(x);
+- ``observes_binary_data = False``: the likelihood scores grey values, so ``auto`` binarization
+  leaves the data as it is (default: binary data, grey images binarized);
+- ``encode(x, y=None)`` -> a summary z per datapoint (default: the guide's mean at site ``z``);
+- ``decode(z, y=None)`` -> the mean of p(x|z) (reconstructions, interpolations, traversals,
+  manifold); ``num_classes`` with a ``decode`` that takes ``y``: the class-conditional grid;
+- ``sample_images(num_images)`` -> means of p(x|z), z ~ p(z) (default: the means of the observed
+  site in a trace of the model, whose latent sites are then drawn from the prior);
+- ``training_plan(settings, dataset, binarize)``: a family's own training
+  (:mod:`pyro_vae.training.plan`; default: the chosen ELBO on mini-batches).
+"""
+
 from pyro_vae.models.cvae import ConditionalVAE
 from pyro_vae.models.ssvae import SSVAE
 from pyro_vae.models.vae import VAE
 
-__all__ = ["SSVAE", "VAE", "ConditionalVAE", "build_model", "latent_means"]
-
-
-def build_model(config: ModelConfig, x_dim: int = 784) -> VAE | ConditionalVAE | SSVAE:
-    """The model named by ``config.model`` with its architecture and likelihood."""
-    if config.model == "ssvae":
-        return SSVAE(x_dim=x_dim, z_dim=config.z_dim, hidden_dim=config.hidden_dim)
-    if config.model == "cvae":
-        return ConditionalVAE(x_dim=x_dim, z_dim=config.z_dim, hidden_dim=config.hidden_dim)
-    if config.model == "vae":
-        return VAE(
-            x_dim=x_dim,
-            z_dim=config.z_dim,
-            hidden_dim=config.hidden_dim,
-            arch=config.arch,
-            likelihood=config.likelihood,
-            gaussian_scale=config.gaussian_scale,
-        )
-    raise ValueError(f"unknown model {config.model!r}; use vae, cvae or ssvae")
-
-
-def latent_means(model: VAE | ConditionalVAE, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-    """E_q[z|x] of each image: a CVAE needs the labels ``y``; M2 uses its classifier's label without them."""
-    if isinstance(model, SSVAE):
-        return model.encode(x, y)
-    if isinstance(model, ConditionalVAE):
-        if y is None:
-            raise ValueError(f"a {type(model).__name__} encodes x given its label; pass the images' labels y")
-        return model.encode(x, y)
-    return model.encode(x)
+__all__ = ["SSVAE", "VAE", "ConditionalVAE"]

@@ -36,6 +36,8 @@ class ConditionalVAE(nn.Module):
         num_classes: C, the number of labels.
     """
 
+    needs_labels = True  # the toolkit passes the data's labels as y: the model is p(x|y)
+
     def __init__(self, x_dim: int = 784, z_dim: int = 50, hidden_dim: int = 400, num_classes: int = 10) -> None:
         super().__init__()
         self.x_dim, self.z_dim, self.num_classes = x_dim, z_dim, num_classes
@@ -76,21 +78,22 @@ class ConditionalVAE(nn.Module):
         return self.likelihood_dist(z, labels).mean
 
     @torch.no_grad()
-    def encode(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def encode(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """The posterior mean E_q[z|x, y] of each image."""
         return self.posterior_dist(x, self._require_labels(x, y)).mean
 
     @torch.no_grad()
-    def decode(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def decode(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """The mean of p(x|y, z) for each row of ``z`` and its label."""
-        return self.likelihood_dist(z, y).mean
+        return self.likelihood_dist(z, self._require_labels(z, y)).mean
 
     @torch.no_grad()
-    def reconstruct(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def reconstruct(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """Mean of p(x|y, z) at the posterior mean of q(z|x, y)."""
         return self.decode(self.encode(x, y), y)
 
     def _require_labels(self, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        """``y``, checked: one class index per row of ``x`` (images or latents)."""
         if y is None:
             raise ValueError(f"{type(self).__name__} generates x given its label y; pass y, a tensor of class "
                              f"indices 0..{self.num_classes - 1}, one per image")

@@ -9,8 +9,8 @@ from pyro.infer import Trace_ELBO, TraceEnum_ELBO, config_enumerate
 from torch import nn
 
 from pyro_vae.data.batches import evaluation_batches, fixed_binarization
-from pyro_vae.runs.config import ConfigError
-from pyro_vae.models.ssvae import SSVAE
+from pyro_vae.data.datasets import Dataset
+from pyro_vae.runs.config import ConfigError, TrainConfig
 
 # Statistics the loss keeps per step, summed over an epoch.
 _LOSS, _UNSUPERVISED, _NUM_UNLABELLED, _SUPERVISED, _NUM_LABELLED, _CLASSIFICATION, _CORRECT = range(7)
@@ -100,7 +100,7 @@ class SemiSupervisedLoss(nn.Module):
     synchronisation. ``labelled_scale`` is 1 or :attr:`SemiSupervisedBatches.labelled_scale`.
     """
 
-    def __init__(self, model: SSVAE, aux_weight: float, labelled_scale: float = 1.0) -> None:
+    def __init__(self, model: nn.Module, aux_weight: float, labelled_scale: float = 1.0) -> None:
         super().__init__()
         self.model = model
         self.aux_weight = aux_weight
@@ -159,7 +159,7 @@ class SemiSupervisedLoss(nn.Module):
 
 
 @torch.no_grad()
-def classification_accuracy(model: SSVAE, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000) -> float:
+def classification_accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000) -> float:
     """Fraction of images whose most probable class under q(y|x) is their label."""
     correct = sum(int((model.predict(x) == y).sum()) for x, y in evaluation_batches(images, labels, batch_size))
     return correct / len(images)
@@ -172,3 +172,62 @@ def semisupervised_scores(loss: SemiSupervisedLoss, images: torch.Tensor, labels
     total = sum(loss.enum_elbo.loss(model, guide, x) for x, _ in evaluation_batches(images, labels, batch_size))
     return {"accuracy": classification_accuracy(loss.model, images, labels, batch_size),
             "elbo": -total / len(images)}
+
+
+LABELLED_WEIGHTINGS = ("pass", "batch")  # how much the labelled terms of a step weigh (see SemiSupervisedBatches)
+
+
+class SemiSupervisedPlan:
+    """M2's training plan: each step a batch of unlabelled and one of labelled images, the enumerated
+    loss, accuracy and the y-summed ELBO on validation and test, ``best.pt`` by validation accuracy.
+
+    Args:
+        model: an M2-like model with ``model``/``guide`` taking y optionally, ``classifier_model`` /
+            ``classifier_guide`` for the auxiliary term, ``predict`` and ``num_classes``.
+        settings: the run's optimisation settings (the plain ELBO alone: no IWAE, beta or warm-up).
+        dataset: labelled training data.
+        binarize: how training images are binarized.
+        labels: size of the class-balanced labelled subset of the training split.
+        aux_weight: weight of the classifier term log q(y|x) per labelled image.
+        labelled_weighting: ``batch`` (each drawn labelled image weighs as one unlabelled image) or
+            ``pass`` (an epoch's labelled terms add up to one pass over the labelled subset).
+    """
+
+    selection_metric = "accuracy"
+    scored_splits = ("valid", "test")
+
+    def __init__(self, model: nn.Module, settings: TrainConfig, dataset: Dataset, binarize: str, *, labels: int | None,
+                 aux_weight: float, labelled_weighting: str) -> None:
+        name = type(model).__name__
+        if labels is None:
+            raise ConfigError(f"{name} trains semi-supervised and needs labels=N, the number of labelled training "
+                              "images (--labels N, e.g. 100)")
+        if dataset.train_labels is None:
+            raise ConfigError(f"{name} needs labelled data but {dataset.name} has no labels; use mnist, "
+                              "fashion-mnist or mnist-sample")
+        unsupported = {"objective": (settings.objective, "elbo"), "beta": (settings.beta, 1.0),
+                       "kl_warmup_epochs": (settings.kl_warmup_epochs, 0), "num_particles": (settings.num_particles, 1)}
+        for setting, (value, supported) in unsupported.items():
+            if value != supported:
+                raise ConfigError(f"{name} supports only {setting}={supported!r} (it trains with TraceEnum_ELBO, labels "
+                                  f"enumerated), got {value!r}")
+        self.model = model
+        labelled = balanced_labelled_indices(dataset.train_labels, labels, model.num_classes, settings.seed)
+        self.batches = SemiSupervisedBatches(dataset.train_images, dataset.train_labels, labelled,
+                                             settings.batch_size, binarize, settings.seed)
+        labelled_scale = self.batches.labelled_scale if labelled_weighting == "pass" else 1.0
+        self.loss_module = SemiSupervisedLoss(model, aux_weight, labelled_scale)
+
+    def before_step(self, step: int, steps_per_epoch: int) -> None:
+        """Nothing changes from step to step."""
+
+    def score(self, images: torch.Tensor, labels: torch.Tensor | None, batch_size: int) -> dict[str, float]:
+        return semisupervised_scores(self.loss_module, images, labels, batch_size)
+
+    @staticmethod
+    def describe(record: dict) -> str:
+        train, valid = record["train"], record["valid"]
+        return (f"train loss {train['loss']:.2f} (unlabelled -ELBO {train['unsupervised']:.2f}, labelled -ELBO "
+                f"{train['supervised']:.2f}, classifier {train['classification']:.2f})  valid -ELBO "
+                f"{-valid['elbo']:.2f} accuracy {100 * valid['accuracy']:.2f}%  test accuracy "
+                f"{100 * record['test']['accuracy']:.2f}%")

@@ -7,8 +7,11 @@ import pyro.distributions as dist
 import torch
 from pyro import poutine
 
-from pyro_vae.nets import MLPClassifier
+from pyro_vae.data.datasets import Dataset
 from pyro_vae.models.cvae import ConditionalVAE
+from pyro_vae.models.semisupervised import LABELLED_WEIGHTINGS, SemiSupervisedPlan
+from pyro_vae.nets import MLPClassifier
+from pyro_vae.runs.config import TrainConfig
 
 
 class SSVAE(ConditionalVAE):
@@ -27,17 +30,39 @@ class SSVAE(ConditionalVAE):
     q(y|x) also gets the auxiliary term ``aux_weight * log q(y|x)`` on labelled data through
     :meth:`classifier_model` (Kingma et al. 2014, eq. 9).
 
+    Training (:class:`~pyro_vae.models.semisupervised.SemiSupervisedPlan`) labels a class-balanced
+    subset of ``labels`` training images and leaves the rest unlabelled.
+
     Args:
         x_dim: pixels per image.
         z_dim: style dimensions.
         hidden_dim: width of the hidden layers of classifier, encoder and decoder.
         num_classes: C.
+        labels: labelled training images (needed for training only).
+        aux_weight: weight of the classifier term log q(y|x) per labelled image.
+        labelled_weighting: ``batch`` or ``pass``, see
+            :class:`~pyro_vae.models.semisupervised.SemiSupervisedPlan`.
     """
 
-    def __init__(self, x_dim: int = 784, z_dim: int = 50, hidden_dim: int = 400, num_classes: int = 10) -> None:
+    needs_labels = False  # y is a latent here: scores are of p(x), the label proposed by q(y|x)
+
+    def __init__(self, x_dim: int = 784, z_dim: int = 50, hidden_dim: int = 400, num_classes: int = 10,
+                 labels: int | None = None, aux_weight: float = 50.0, labelled_weighting: str = "batch") -> None:
+        if labels is not None and (not isinstance(labels, int) or labels < 1):
+            raise ValueError(f"labels must be an integer >= 1, got {labels!r}")
+        if not aux_weight >= 0:
+            raise ValueError(f"aux_weight must be >= 0, got {aux_weight}")
+        if labelled_weighting not in LABELLED_WEIGHTINGS:
+            raise ValueError(f"labelled_weighting {labelled_weighting!r} is not one of: {', '.join(LABELLED_WEIGHTINGS)}")
         classifier = MLPClassifier(x_dim, hidden_dim, num_classes)  # built first: the seeded initialisation
         super().__init__(x_dim, z_dim, hidden_dim, num_classes)      # of the published sweep stays the same
         self.classifier = classifier
+        self.labels, self.aux_weight, self.labelled_weighting = labels, aux_weight, labelled_weighting
+
+    def training_plan(self, settings: TrainConfig, dataset: Dataset, binarize: str) -> SemiSupervisedPlan:
+        """Semi-supervised training with ``labels`` labelled images (see the class docstring)."""
+        return SemiSupervisedPlan(self, settings, dataset, binarize, labels=self.labels, aux_weight=self.aux_weight,
+                                  labelled_weighting=self.labelled_weighting)
 
     def label_prior_dist(self, batch_size: int) -> dist.Distribution:
         """p(y) uniform over the classes."""

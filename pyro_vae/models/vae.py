@@ -47,6 +47,7 @@ class VAE(nn.Module):
         if likelihood not in ("bernoulli", "gaussian", "continuous-bernoulli"):
             raise ValueError(f"unknown likelihood {likelihood!r}; use bernoulli, gaussian or continuous-bernoulli")
         self.x_dim, self.z_dim, self.likelihood = x_dim, z_dim, likelihood
+        self.observes_binary_data = likelihood == "bernoulli"
         self.encoder, self.decoder = build_encoder_decoder(arch, x_dim, hidden_dim, z_dim)
         self.gaussian_scale = gaussian_scale
         if likelihood == "gaussian" and gaussian_scale is None:
@@ -81,26 +82,24 @@ class VAE(nn.Module):
             return pyro.sample("z", self.posterior_dist(x))
 
     @torch.no_grad()
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """The posterior mean E_q[z|x] of each image."""
+    def encode(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """The posterior mean E_q[z|x] of each image (``y`` is ignored)."""
         return self.posterior_dist(x).mean
 
     @torch.no_grad()
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """The mean of p(x|z) for each row of ``z``."""
+    def decode(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """The mean of p(x|z) for each row of ``z`` (``y`` is ignored)."""
         return self.likelihood_dist(z).mean
 
     @torch.no_grad()
-    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+    def reconstruct(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """Mean of p(x|z) at the posterior mean of q(z|x)."""
         return self.decode(self.encode(x))
 
     @torch.no_grad()
-    def sample_images(self, num_images: int, z: torch.Tensor | None = None) -> torch.Tensor:
-        """Means of p(x|z) for ``num_images`` draws z ~ p(z), or for the given ``z`` (one row per image)."""
-        if z is None:
-            z = self.prior_dist(num_images).sample()
-        return self.likelihood_dist(z).mean
+    def sample_images(self, num_images: int) -> torch.Tensor:
+        """Means of p(x|z) for ``num_images`` draws z ~ p(z)."""
+        return self.likelihood_dist(self.prior_dist(num_images).sample()).mean
 
     def pixel_scale(self) -> torch.Tensor | float:
         """Standard deviation of the Gaussian likelihood (fixed or learned)."""

@@ -10,16 +10,8 @@ from typing import Any
 
 DATASETS = ("mnist", "fashion-mnist", "binarized-mnist", "mnist-sample")
 BINARIZATIONS = ("dynamic", "static", "threshold", "none")
-LIKELIHOODS = ("bernoulli", "gaussian", "continuous-bernoulli")
-ARCHITECTURES = ("mlp", "conv")
-MODELS = ("vae", "cvae", "ssvae")
 OBJECTIVES = ("elbo", "meanfield", "iwae")
-LABELLED_WEIGHTINGS = ("pass", "batch")  # M2: how much the labelled terms of a step weigh (see --labelled-weighting)
 DEVICES = ("auto", "cpu", "cuda")
-
-
-# What runs written before a setting existed were trained with, where that differs from today's default.
-_SETTINGS_OF_EARLIER_VERSIONS = {"train": {"labelled_weighting": "pass"}}
 
 
 class ConfigError(ValueError):
@@ -40,19 +32,20 @@ class DataConfig:
     binarize: str = "auto"
     valid_size: int | None = None
     download: bool = True
-    labels: int | None = None  # --model ssvae: size of the class-balanced labelled subset of train
+    shape: list[int] | None = None  # one datapoint's shape, recorded by training (e.g. [1, 28, 28], [2])
 
 
 @dataclass
 class ModelConfig:
-    """Architecture of the model/guide pair; enough to rebuild the networks from a checkpoint."""
+    """The model: a registered name (``vae``, ``cvae``, ``ssvae``, entry points) or an import path
+    ``module:Class``, and the keyword arguments it is built with; enough to rebuild it from a checkpoint.
+
+    ``args`` is None for a model that was handed to :func:`pyro_vae.fit` already built by other means
+    than :func:`pyro_vae.build_model`: then the run cannot rebuild it by itself.
+    """
 
     model: str = "vae"
-    arch: str = "mlp"
-    hidden_dim: int = 400
-    z_dim: int = 50
-    likelihood: str = "bernoulli"
-    gaussian_scale: float | None = None  # None: one learned scale shared by all pixels
+    args: dict[str, Any] | None = field(default_factory=dict)
 
 
 @dataclass
@@ -71,8 +64,6 @@ class TrainConfig:
     patience: int | None = None  # stop after this many epochs without a better validation score
     seed: int = 0
     device: str = "auto"
-    aux_weight: float = 50.0  # --model ssvae: weight of the classifier term log q(y|x) per labelled image
-    labelled_weighting: str = "batch"  # --model ssvae: see LABELLED_WEIGHTINGS
     fast: bool = False  # fused Adam; Pyro's validation on each epoch's first step only (see pyro_vae.training.fast_path)
     compile: bool = False  # torch.compile the networks, eager when that fails (see pyro_vae.training.fast_path)
 
@@ -106,6 +97,7 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "RunConfig":
+        values = _upgrade_earlier_version(values)
         sections = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig,
                     "distributed": DistributedConfig}
         unknown = set(values) - set(sections)
@@ -118,7 +110,7 @@ class RunConfig:
             extra = set(given) - names
             if extra:
                 raise ConfigError(f"unknown settings {sorted(extra)} in config section '{name}'")
-            parts[name] = section(**(_SETTINGS_OF_EARLIER_VERSIONS.get(name, {}) | given))
+            parts[name] = section(**given)
         return cls(**parts)
 
     def save(self, path: Path) -> None:
@@ -135,16 +127,14 @@ class RunConfig:
         return cls.from_dict(values)
 
     def validate(self) -> None:
-        """Raise :class:`ConfigError` naming the first bad setting and what would be accepted."""
-        _choice("--dataset", self.data.dataset, DATASETS + ("auto",))
+        """Raise :class:`ConfigError` naming the first bad setting and what would be accepted.
+
+        Model settings are the model's own to check (its constructor and its training plan).
+        """
+        _choice("--dataset", self.data.dataset, DATASETS + ("auto", "custom"))
         _choice("--binarize", self.data.binarize, BINARIZATIONS + ("auto",))
-        _choice("--model", self.model.model, MODELS)
-        _choice("--arch", self.model.arch, ARCHITECTURES)
-        _choice("--likelihood", self.model.likelihood, LIKELIHOODS)
         _choice("--objective", self.train.objective, OBJECTIVES)
         _choice("--device", self.train.device, DEVICES)
-        _at_least("--hidden-dim", self.model.hidden_dim, 1)
-        _at_least("--z-dim", self.model.z_dim, 1)
         _at_least("--epochs", self.train.epochs, 1)
         _at_least("--batch-size", self.train.batch_size, 1)
         _at_least("--eval-batch-size", self.train.eval_batch_size, 1)
@@ -164,37 +154,34 @@ class RunConfig:
             raise ConfigError(f"--lr-decay must be in (0, 1] (1: a constant learning rate), got {self.train.lr_decay}")
         if self.train.patience is not None:
             _at_least("--patience", self.train.patience, 1)
-        if self.model.gaussian_scale is not None:
-            if self.model.likelihood != "gaussian":
-                raise ConfigError("--gaussian-scale applies only to --likelihood gaussian")
-            if not self.model.gaussian_scale > 0:
-                raise ConfigError(f"--gaussian-scale must be positive, got {self.model.gaussian_scale}")
-        self._validate_semisupervised()
-        if self.model.model == "cvae":
-            _only_supported("--model cvae", {"--arch": (self.model.arch, "mlp"),
-                                             "--likelihood": (self.model.likelihood, "bernoulli")})
-        if self.model.likelihood != "bernoulli" and self.data.binarize not in ("auto", "none"):
-            raise ConfigError(
-                f"--likelihood {self.model.likelihood} models grey-scale pixels, so --binarize "
-                f"{self.data.binarize} would throw information away; use --binarize none or --likelihood bernoulli"
-            )
 
 
-    def _validate_semisupervised(self) -> None:
-        if self.model.model != "ssvae":
-            if self.data.labels is not None:
-                raise ConfigError("--labels chooses the labelled subset of --model ssvae; drop it or add --model ssvae")
-            return
-        if self.data.labels is None:
-            raise ConfigError("--model ssvae needs --labels N, the number of labelled training images (e.g. 100)")
-        _at_least("--labels", self.data.labels, 1)
-        if not self.train.aux_weight >= 0:
-            raise ConfigError(f"--aux-weight must be >= 0, got {self.train.aux_weight}")
-        _choice("--labelled-weighting", self.train.labelled_weighting, LABELLED_WEIGHTINGS)
-        unsupported = {"--arch": (self.model.arch, "mlp"), "--likelihood": (self.model.likelihood, "bernoulli"),
-                       "--objective": (self.train.objective, "elbo"), "--beta": (self.train.beta, 1.0),
-                       "--kl-warmup-epochs": (self.train.kl_warmup_epochs, 0), "--num-particles": (self.train.num_particles, 1)}
-        _only_supported("--model ssvae", unsupported, why=" (it trains with TraceEnum_ELBO, labels enumerated)")
+# Settings of runs written before models were named by import path and keyword arguments.
+_EARLIER_MODEL_KEYS = ("arch", "hidden_dim", "z_dim", "likelihood", "gaussian_scale")
+
+
+def _upgrade_earlier_version(values: dict[str, Any]) -> dict[str, Any]:
+    """A config of an earlier version in today's form: the model's settings become its keyword
+    arguments (28x28 images, the only data then), M2's labels and weights move to the model."""
+    model = values.get("model", {})
+    data, train = dict(values.get("data", {})), dict(values.get("train", {}))
+    earlier = (any(key in model for key in _EARLIER_MODEL_KEYS) or "labels" in data
+               or "aux_weight" in train or "labelled_weighting" in train)
+    if not earlier:
+        return values
+    name = model.get("model", "vae")
+    args = {"x_dim": 784, "z_dim": model.get("z_dim", 50), "hidden_dim": model.get("hidden_dim", 400)}
+    if name == "vae":
+        args.update(arch=model.get("arch", "mlp"), likelihood=model.get("likelihood", "bernoulli"),
+                    gaussian_scale=model.get("gaussian_scale"))
+    labels = data.pop("labels", None)
+    # runs written before --labelled-weighting existed trained with what is now called "pass"
+    semisupervised = {"labels": labels, "aux_weight": train.pop("aux_weight", 50.0),
+                      "labelled_weighting": train.pop("labelled_weighting", "pass")}
+    if name == "ssvae":
+        args.update(semisupervised)
+    data.setdefault("shape", [1, 28, 28])
+    return {**values, "data": data, "train": train, "model": {"model": name, "args": args}}
 
 
 def config_differences(requested: RunConfig, saved: RunConfig, ignore: tuple[str, ...] = ()) -> list[str]:
@@ -215,13 +202,6 @@ def _same_setting(name: str, requested: Any, saved: Any) -> bool:
     if name == "data.data_dir":
         return Path(requested).resolve() == Path(saved).resolve()
     return requested == saved
-
-
-def _only_supported(model: str, settings: dict[str, tuple[Any, Any]], why: str = "") -> None:
-    """Raise for the first ``flag: (value, supported)`` of ``model`` whose value is not the supported one."""
-    for flag, (value, supported) in settings.items():
-        if value != supported:
-            raise ConfigError(f"{model} supports only {flag} {supported}{why}, got {value!r}")
 
 
 def _choice(flag: str, value: str, choices: tuple[str, ...]) -> None:

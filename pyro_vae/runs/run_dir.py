@@ -1,4 +1,4 @@
-"""A trained run read back from its checkpoint: settings, model, data; and its scores on a split."""
+"""A trained run read back from its run directory: settings, model, data; its scores on a split."""
 
 from __future__ import annotations
 
@@ -13,32 +13,18 @@ import pyro
 import torch
 from torch import nn
 
-from pyro_vae.data.batches import evaluation_batches, fixed_binarization
+from pyro_vae.contract import ModelContractError, model_spec
+from pyro_vae.data.batches import evaluation_batches, evaluation_split
+from pyro_vae.data.datasets import Dataset, as_dataset, load_dataset
+from pyro_vae.devices import resolve_device
+from pyro_vae.inference.estimators import get_estimator
+from pyro_vae.inference.evaluate import (active_units, bits_per_dim, dataset_elbo_terms, latent_means,
+                                         mean_and_standard_error, posterior_means)
 from pyro_vae.runs.checkpoint import CheckpointError, load_checkpoint
 from pyro_vae.runs.config import ConfigError, RunConfig, config_differences
-from pyro_vae.data.datasets import Dataset, load_dataset
-from pyro_vae.devices import resolve_device
-from pyro_vae.inference.evaluate import (active_units, bits_per_dim, dataset_elbo_terms, dataset_log_likelihood,
-                       mean_and_standard_error, posterior_means)
-from pyro_vae.models import build_model, latent_means
-from pyro_vae.models.semisupervised import classification_accuracy
-
-CONFIG_FILE = "config.json"
-METRICS_FILE = "metrics.jsonl"
-SUMMARY_FILE = "summary.json"
-LAST_CHECKPOINT = Path("checkpoints") / "last.pt"
-BEST_CHECKPOINT = Path("checkpoints") / "best.pt"
-# Held-out splits are scored on one fixed binarization each, so numbers compare across epochs and runs.
-BINARIZATION_SEED_OFFSETS = {"train": 0, "valid": 1, "test": 2}
-STANDARD_IWAE_KS = (1, 5, 50, 500, 5000)
-
-
-def evaluation_split(
-    dataset: Dataset, split: str, binarize: str, seed: int
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Images of ``split`` binarized as evaluation sees them (one seeded sample), and labels."""
-    images, labels = dataset.split(split)
-    return fixed_binarization(images, binarize, seed + BINARIZATION_SEED_OFFSETS[split]), labels
+from pyro_vae.runs.layout import BEST_CHECKPOINT, CONFIG_FILE
+from pyro_vae.training.plan import labels_for_model
+from pyro_vae.training.trainer import build_run_model
 
 
 @dataclass
@@ -52,10 +38,13 @@ class LoadedRun:
     checkpoint: dict[str, Any]
 
 
-def load_run(path: str | Path, device: str | torch.device = "cpu") -> LoadedRun:
+def load_run(path: str | Path, device: str | torch.device = "cpu", *, model: nn.Module | None = None,
+             data: Any = None) -> LoadedRun:
     """Rebuild a model and its data from a run directory (its best checkpoint) or a checkpoint file.
 
-    The checkpoint carries the run's resolved settings, so the data is loaded as it was trained.
+    The model is rebuilt from the import path and keyword arguments the run recorded; pass ``model``
+    (an instance of the same class) where they cannot be (a class defined in a notebook). The data
+    is loaded as it was trained; a run trained on data of your own needs that data as ``data``.
     """
     path = Path(path)
     checkpoint_path = path / BEST_CHECKPOINT if path.is_dir() else path
@@ -70,64 +59,86 @@ def load_run(path: str | Path, device: str | torch.device = "cpu") -> LoadedRun:
         if differences:
             raise ConfigError(f"{checkpoint_path} was trained with other settings than {path / CONFIG_FILE} "
                               f"says ({'; '.join(differences)}); restore the run's config.json")
-    model = build_model(config.model).to(device)
-    model.load_state_dict(checkpoint["model"])
+    model = _run_model(config, model).to(device)
+    try:
+        model.load_state_dict(checkpoint["model"])
+    except RuntimeError as error:
+        raise ModelContractError(f"{checkpoint_path}: the weights do not fit {type(model).__name__} "
+                                 f"({str(error).splitlines()[0]}); build the model with the run's arguments") from None
     model.eval()
-    data = config.data
-    dataset = load_dataset(data.dataset, data.data_dir, valid_size=data.valid_size, seed=config.train.seed,
-                           download=data.download, device=device)
-    return LoadedRun(checkpoint_path=checkpoint_path, config=config, model=model, dataset=dataset,
-                     checkpoint=checkpoint)
+    return LoadedRun(checkpoint_path=checkpoint_path, config=config, model=model,
+                     dataset=_run_data(config, data, device), checkpoint=checkpoint)
 
 
-def iwae_ks_for(num_samples: int) -> list[int]:
-    """The standard k of the IWAE bounds (1, 5, 50, 500, 5000) that divide K, and K itself."""
-    return sorted({k for k in STANDARD_IWAE_KS if k <= num_samples and num_samples % k == 0} | {num_samples})
+def _run_model(config: RunConfig, model: nn.Module | None) -> nn.Module:
+    if model is not None:
+        target = model_spec(model).target
+        if target != config.model.model:
+            raise ModelContractError(f"the run trained {config.model.model} but model= is a {target}")
+        return model
+    if config.model.args is None:
+        raise ModelContractError(f"the run recorded {config.model.model} without its arguments (the model was built "
+                                 "before fit); pass load_run(..., model=YourModel(...))")
+    return build_run_model(config.model, int(np.prod(config.data.shape)))
+
+
+def _run_data(config: RunConfig, data: Any, device: torch.device) -> Dataset:
+    """The run's data: given, or loaded by name as it was trained."""
+    settings = config.data
+    if data is not None:
+        return as_dataset(data, valid_size=settings.valid_size, seed=config.train.seed, device=device)
+    if settings.dataset == "custom":
+        raise ConfigError("the run was trained on data passed to fit() in Python; pass the same data to "
+                          "load_run(..., data=...) or estimate_run(..., data=...)")
+    return load_dataset(settings.dataset, settings.data_dir, valid_size=settings.valid_size, seed=config.train.seed,
+                        download=settings.download, device=device)
 
 
 def estimate_run(
     path: str | Path,
     split: str = "test",
     *,
+    estimator: str = "is",
     num_samples: int = 5000,
     num_particles: int = 10,
     chunk_size: int = 500,
     batch_size: int = 100,
     device: str = "auto",
     progress: bool = True,
+    model: nn.Module | None = None,
+    data: Any = None,
 ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """Score a run's best checkpoint (or a checkpoint file) on ``split``.
+    """Score a run's best checkpoint (or a checkpoint file) on ``split`` with a registered ``estimator``.
 
-    Returns the summary (means in nats per image, standard errors, IWAE bounds, bits per dimension,
-    active units; the protocol: dataset, binarization, split, K, seed) and the per-datapoint values.
+    Returns the summary (means in nats per datapoint, standard errors, bounds, bits per dimension,
+    active units where the guide has a site ``z``; the protocol: dataset, binarization, split,
+    estimator, K, seed) and the per-datapoint values. ``model`` and ``data`` as in :func:`load_run`.
     """
     started = time.perf_counter()
-    run = load_run(path, device)
+    estimate = get_estimator(estimator)
+    run = load_run(path, device, model=model, data=data)
     seed = run.config.train.seed
     pyro.set_rng_seed(seed)
-    images, labels = evaluation_split(run.dataset, split, run.config.data.binarize, seed)
-    semisupervised = run.config.model.model == "ssvae"
-    accuracy = classification_accuracy(run.model, images, labels, batch_size) if semisupervised else None
-    if semisupervised:  # score log p(x): the label is a latent, proposed by q(y|x)
-        labels = None
+    images, all_labels = evaluation_split(run.dataset, split, run.config.data.binarize, seed)
+    labels = labels_for_model(run.model, all_labels)
     per_datapoint = dataset_elbo_terms(run.model, images, labels, batch_size=batch_size,
                                        num_particles=num_particles, progress=progress)
-    ks = iwae_ks_for(num_samples)
-    per_datapoint.update(dataset_log_likelihood(run.model, images, labels, num_samples=num_samples,
-                                                chunk_size=chunk_size, batch_size=batch_size, iwae_ks=ks,
-                                                progress=progress))
+    per_datapoint.update(estimate(run.model, images, labels, num_samples=num_samples, chunk_size=chunk_size,
+                                  batch_size=batch_size, progress=progress))
     log_likelihood, log_likelihood_se = mean_and_standard_error(per_datapoint["log_likelihood"])
     summary: dict[str, Any] = {
         "checkpoint": str(run.checkpoint_path),
         "epoch": run.checkpoint["epoch"],
+        "model": run.config.model.model,
         "dataset": run.config.data.dataset,
         "binarization": run.config.data.binarize,
         "split": split,
         "n": len(images),
+        "estimator": estimator,
         "num_samples": num_samples,
         "num_particles": num_particles,
         "seed": seed,
-        "log_likelihood_of": "log p(x|y)" if run.config.model.model == "cvae" else "log p(x)",
+        "log_likelihood_of": "log p(x|y)" if labels is not None else "log p(x)",
     }
     for key in ("elbo", "reconstruction", "kl", "kl_monte_carlo"):
         summary[key], summary[f"{key}_se"] = mean_and_standard_error(per_datapoint[key])
@@ -136,13 +147,24 @@ def estimate_run(
         log_likelihood_se=log_likelihood_se,
         nll=-log_likelihood,
         bits_per_dim=bits_per_dim(-log_likelihood, images.shape[1]),
-        active_units=active_units(posterior_means(run.model, images, labels, batch_size)),
-        iwae_bounds={str(k): per_datapoint[f"iwae_{k}"].double().mean().item() for k in ks},
-        seconds=time.perf_counter() - started,
+        active_units=_active_units(run.model, images, labels, batch_size),
+        iwae_bounds={key.removeprefix("iwae_"): value.double().mean().item()
+                     for key, value in per_datapoint.items() if key.startswith("iwae_")},
     )
-    if semisupervised:
-        summary["accuracy"] = accuracy
+    predict = getattr(run.model, "predict", None)
+    if callable(predict) and all_labels is not None:
+        summary["accuracy"] = sum(int((predict(x) == y).sum()) for x, y in
+                                  evaluation_batches(images, all_labels, batch_size)) / len(images)
+    summary["seconds"] = time.perf_counter() - started
     return summary, per_datapoint
+
+
+def _active_units(model: nn.Module, images: torch.Tensor, labels: torch.Tensor | None, batch_size: int) -> int | None:
+    """Active units of the guide's site ``z`` (None, with a notice, for a guide without one)."""
+    try:
+        return active_units(posterior_means(model, images, labels, batch_size))
+    except ValueError:
+        return None
 
 
 def write_per_datapoint_csv(per_datapoint: dict[str, torch.Tensor], path: Path) -> None:
@@ -155,23 +177,18 @@ def write_per_datapoint_csv(per_datapoint: dict[str, torch.Tensor], path: Path) 
         writer.writerows([index, *(f"{v:.6f}" for v in row)] for index, row in enumerate(rows))
 
 
-def summarize_terms(terms: dict[str, torch.Tensor]) -> dict[str, float]:
-    """Mean over datapoints of each per-datapoint term."""
-    return {key: value.double().mean().item() for key, value in terms.items()}
-
-
 def write_embeddings(run: LoadedRun, split: str, path: Path, batch_size: int = 1000) -> torch.Tensor:
-    """Write E_q[z|x] of every image of ``split`` (dataset order) and return them.
+    """Write a summary z of every datapoint of ``split`` (dataset order; see
+    :func:`~pyro_vae.inference.evaluate.latent_means`) and return them.
 
-    ``.npy``: the (images, z_dim) array, and the labels, if any, in ``<stem>.labels.npy``;
-    ``.csv``: a header ``index,label,z0,z1,...`` and one row per image.
+    ``.npy``: the (datapoints, z_dim) array, and the labels, if any, in ``<stem>.labels.npy``;
+    ``.csv``: a header ``index,label,z0,z1,...`` and one row per datapoint.
     """
     path = Path(path)
     if path.suffix not in (".npy", ".csv"):
         raise ConfigError(f"--out {path}: write embeddings to a .npy or .csv file")
     images, labels = evaluation_split(run.dataset, split, run.config.data.binarize, run.config.train.seed)
-    conditioned = run.config.model.model == "cvae"
-    means = torch.cat([latent_means(run.model, x, y if conditioned else None)
+    means = torch.cat([latent_means(run.model, x, labels_for_model(run.model, y))
                        for x, y in evaluation_batches(images, labels, batch_size)]).cpu()
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix == ".npy":

@@ -1,12 +1,19 @@
-"""The SVI training loop: Pyro ELBO as a loss module, torch Adam, checkpoints and metrics per epoch."""
+"""The one training loop: any model/guide pair, trained by SVI with a torch optimizer, written to a run directory.
+
+:func:`fit` takes a model object and data; :func:`fit_config` builds both from a
+:class:`~pyro_vae.runs.config.RunConfig` (what the CLI does) and calls the same loop. What a model
+family trains on and how it is scored comes from its :mod:`training plan <pyro_vae.training.plan>`.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
 import shutil
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,22 +24,19 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from pyro_vae.data.batches import EpochBatches
-from pyro_vae.runs.checkpoint import load_checkpoint, restore_rng_states, rng_states, save_checkpoint
-from pyro_vae.runs.config import ConfigError, DistributedConfig, RunConfig, config_differences
-from pyro_vae.devices import resolve_device
-from pyro_vae.training.distributed import (Replicas, ShardedBatches, barrier, broadcast_from_main, check_replicas_in_sync,
-                          device_of, reduce_min, reduce_sum, replicas_from_environment, seed_rank_for_epoch,
-                          wrap_loss)
-from pyro_vae.inference.evaluate import dataset_elbo_terms
-from pyro_vae.training.fast_path import compile_networks, make_adam
-from pyro_vae.models import build_model
-from pyro_vae.inference.objectives import NegativeELBO, kl_weight_at, make_objective
+from pyro_vae.contract import accepts_argument, build_model, check_model, import_model_class, model_spec
+from pyro_vae.data.batches import evaluation_split, resolve_binarization
+from pyro_vae.data.datasets import Dataset, as_dataset
 from pyro_vae.data.resolve import load_run_data
-from pyro_vae.runs.run_dir import (BEST_CHECKPOINT, CONFIG_FILE, LAST_CHECKPOINT, METRICS_FILE, SUMMARY_FILE, evaluation_split,
-                   summarize_terms)
-from pyro_vae.models.semisupervised import (SemiSupervisedBatches, SemiSupervisedLoss, balanced_labelled_indices,
-                             semisupervised_scores)
+from pyro_vae.devices import resolve_device
+from pyro_vae.runs.checkpoint import load_checkpoint, restore_rng_states, rng_states, save_checkpoint
+from pyro_vae.runs.config import ConfigError, DataConfig, DistributedConfig, ModelConfig, RunConfig, TrainConfig, config_differences
+from pyro_vae.runs.layout import BEST_CHECKPOINT, CONFIG_FILE, LAST_CHECKPOINT, METRICS_FILE, SUMMARY_FILE
+from pyro_vae.training.distributed import (Replicas, ShardedBatches, barrier, broadcast_from_main,
+                                           check_replicas_in_sync, device_of, reduce_min, reduce_sum,
+                                           replicas_from_environment, seed_rank_for_epoch, wrap_loss)
+from pyro_vae.training.fast_path import compile_networks, make_adam
+from pyro_vae.training.plan import TrainingPlan, training_plan
 from pyro_vae.training.tensorboard_log import TensorBoardLog, summary_writer_class
 
 logger = logging.getLogger(__name__)
@@ -40,7 +44,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class FitResult:
-    """Where the run lives and how its best checkpoint scored (ELBO terms in nats per image)."""
+    """Where the run lives and how its best checkpoint scored (per-datapoint means; test empty without a test split)."""
 
     run_dir: Path
     best_epoch: int
@@ -48,131 +52,338 @@ class FitResult:
     test: dict[str, float]
 
 
+@dataclass
+class RunOptions:
+    """How :func:`fit` treats the run directory and what it reports, beside the training settings."""
+
+    resume: bool = False
+    overwrite: bool = False
+    progress: bool = True
+    detect_anomaly: bool = False
+    plot_every: int = 0
+    tensorboard: bool = False
+
+
+@dataclass
+class TrainingState:
+    """Where training stands; saved in every checkpoint."""
+
+    epoch: int = 0
+    step: int = 0
+    best_valid_score: float = -math.inf
+    best_epoch: int = 0
+
+
 def check_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> list[Path]:
     """Refuse to mix two runs in one directory; return the old run's files that ``overwrite`` replaces."""
     if resume:
         if not (run_dir / LAST_CHECKPOINT).is_file():
-            raise ConfigError(f"--resume: {run_dir / LAST_CHECKPOINT} not found; nothing to resume")
+            raise ConfigError(f"resume: {run_dir / LAST_CHECKPOINT} not found; nothing to resume")
         return []
     existing = [run_dir / name for name in (CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, "checkpoints")
                 if (run_dir / name).exists()]
     if existing and not overwrite:
         raise ConfigError(
-            f"{run_dir} already holds a run ({', '.join(p.name for p in existing)}); pass --resume to continue it, "
-            "--overwrite to replace it, or choose another --out"
+            f"{run_dir} already holds a run ({', '.join(p.name for p in existing)}); resume it, "
+            "overwrite it, or choose another run directory"
         )
     return existing
 
 
-def fit(config: RunConfig, run_dir: str | Path, *, resume: bool = False, overwrite: bool = False,
-        progress: bool = True, detect_anomaly: bool = False, plot_every: int = 0,
-        tensorboard: bool = False) -> FitResult:
-    """Train the configured model by SVI and write the run directory.
+def fit(model: nn.Module, data: Any, *, out: str | Path, valid: Any = None, test: Any = None,
+        binarize: str = "auto", valid_size: int | None = None, resume: bool = False, overwrite: bool = False,
+        progress: bool = True, detect_anomaly: bool = False, plot_every: int = 0, tensorboard: bool = False,
+        **settings: Any) -> FitResult:
+    """Train any model/guide pair (see :mod:`pyro_vae.contract`) by SVI and write the run directory ``out``.
 
-    Writes ``config.json`` (resolved settings), ``metrics.jsonl`` (one object per epoch),
-    ``checkpoints/last.pt`` every epoch and ``checkpoints/best.pt`` whenever the validation ELBO
-    improves, and ``summary.json`` with the best checkpoint's validation and test ELBO terms.
-    With ``resume=True`` the run continues from ``last.pt`` and ``config`` must be the run's own.
-    A non-finite loss or parameter stops training with :class:`TrainingDiverged`, keeping the last
-    good checkpoints; ``detect_anomaly`` runs torch's anomaly detection to find the operation.
-    At the end, ``figures/`` gets reconstructions of validation images and samples from the best
-    checkpoint, and every ``plot_every`` epochs (0: never) the same of the current model.
-    ``tensorboard`` also logs metrics and those figures to ``tensorboard/`` (needs the package).
+    Args:
+        model: an ``nn.Module`` with ``model(x, y=None)`` and ``guide(x, y=None)``; its class and, when
+            built with :func:`pyro_vae.build_model`, its keyword arguments are recorded.
+        data: a named dataset from :func:`pyro_vae.load_dataset`, or data of your own: a tensor, a pair
+            ``(x, y)``, a torch ``Dataset`` or ``DataLoader`` (see :func:`pyro_vae.data.as_dataset`).
+        out: the run directory.
+        valid, test: held-out data of your own (default: ``valid_size`` datapoints carved from ``data``).
+        binarize: ``auto``, ``dynamic``, ``static``, ``threshold`` or ``none``.
+        resume: continue the run in ``out`` from ``checkpoints/last.pt`` (the same settings; ``epochs``
+            may grow).
+        overwrite: replace a run already in ``out``.
+        progress, detect_anomaly, plot_every, tensorboard: as the CLI's options of those names.
+        **settings: optimisation settings, the fields of :class:`~pyro_vae.runs.config.TrainConfig`
+            (``epochs``, ``objective``, ``num_particles``, ``lr``, ``batch_size``, ``seed``, ``fast``, ...).
 
-    Under ``torchrun`` (``WORLD_SIZE`` > 1) every process calls ``fit`` with the same arguments:
-    they train one model data-parallel (see :mod:`pyro_vae.training.distributed`) and only rank 0 writes.
+    Writes ``config.json``, ``metrics.jsonl`` (one object per epoch), ``checkpoints/last.pt`` every
+    epoch and ``checkpoints/best.pt`` whenever the validation score improves, ``summary.json`` and
+    figures. A non-finite loss or parameter stops training with :class:`TrainingDiverged`, keeping the
+    last good checkpoints. Under ``torchrun`` every process calls ``fit`` alike and rank 0 writes.
+    """
+    check_model(model)
+    train = _train_config(settings)
+    spec = model_spec(model)
+    named = isinstance(data, Dataset) and data.name != "custom"
+    config = RunConfig(data=DataConfig(dataset=data.name if named else "custom", data_dir=data.source if named else "",
+                                       binarize=binarize, valid_size=valid_size, download=False),
+                       model=ModelConfig(model=spec.target, args=spec.args), train=train)
+    config.validate()
+    options = RunOptions(resume, overwrite, progress, detect_anomaly, plot_every, tensorboard)
+    with replicas_from_environment(train.device) as replicas:
+        device = device_of(replicas, resolve_device(train.device))
+        dataset = as_dataset(data, valid=valid, test=test, valid_size=valid_size, seed=train.seed, device=device)
+        config.data.valid_size, config.data.shape = len(dataset.valid_images), list(dataset.shape)
+        return Trainer(model.to(device), dataset, config, Path(out), replicas, options).run()
+
+
+def fit_config(config: RunConfig, run_dir: str | Path, **options: Any) -> FitResult:
+    """Train the model a :class:`RunConfig` names, on the data it names: what ``pyro-vae train`` runs.
+
+    The data is loaded (``auto`` resolved), the model built with the seed set and its arguments
+    recorded (``x_dim`` filled from the data where the class takes it), then :func:`fit`'s loop runs.
+    ``options`` are :class:`RunOptions`' fields.
     """
     config.validate()
+    run_options = RunOptions(**options)
     with replicas_from_environment(config.train.device) as replicas:
-        return _fit(config, Path(run_dir), replicas, resume=resume, overwrite=overwrite,
-                    progress=progress and replicas.is_main, detect_anomaly=detect_anomaly, plot_every=plot_every,
-                    tensorboard=tensorboard)
+        device = device_of(replicas, resolve_device(config.train.device))
+        if not replicas.is_main:
+            barrier(replicas)  # rank 0 downloads the data, if it must, before the others read it
+        dataset, config.data = load_run_data(config.data, config.train.seed, device)
+        if replicas.is_main:
+            barrier(replicas)
+        pyro.set_rng_seed(config.train.seed)
+        model = build_run_model(config.model, dataset.x_dim)
+        config.model = ModelConfig(model=config.model.model, args=model_spec(model).args)
+        return Trainer(model.to(device), dataset, config, Path(run_dir), replicas, run_options).run()
 
 
-def _fit(config: RunConfig, run_dir: Path, replicas: Replicas, *, resume: bool, overwrite: bool, progress: bool,
-         detect_anomaly: bool, plot_every: int, tensorboard: bool) -> FitResult:
-    if plot_every < 0:
-        raise ConfigError(f"--plot-every must be >= 0 (0: only at the end), got {plot_every}")
-    if tensorboard and replicas.is_main:
-        summary_writer_class()  # refuse before anything is written when the package is missing
-    train_config = config.train
-    config.distributed = _distributed_settings(train_config, replicas)
-    replaced = check_run_dir(run_dir, resume=resume, overwrite=overwrite) if replicas.is_main else []
-    device = device_of(replicas, resolve_device(train_config.device))
-    pyro.clear_param_store()
-    pyro.set_rng_seed(train_config.seed)
-
-    if not replicas.is_main:
-        barrier(replicas)  # rank 0 downloads the data, if it must, before the others read it
-    dataset, config.data = load_run_data(config.data, config.model.likelihood, train_config.seed, device)
-    if replicas.is_main:
-        barrier(replicas)
-    logger.info("data: %s (%s), %d train / %d valid / %d test images, binarization %s",
-                dataset.name, dataset.source, len(dataset.train_images), len(dataset.valid_images),
-                len(dataset.test_images), config.data.binarize)
-
-    model = build_model(config.model, x_dim=dataset.train_images.shape[1]).to(device)
-    loss_module, batches = _loss_and_batches(config, dataset, model)
-    batches = ShardedBatches(batches, replicas, loss_module.num_images)
-    if train_config.compile and compile_networks(loss_module, next(iter(batches.epoch(1)))[0]):
-        logger.info("networks compiled with torch.compile")
-    optimizer = make_adam(model.parameters(), train_config.lr, fused=train_config.fast)
-    state: dict[str, Any] = {"epoch": 0, "step": 0, "best_valid_score": -math.inf, "best_epoch": 0}
-    if resume:
-        state = _restore(run_dir, config, model, optimizer, device, replicas)
-        logger.info("resuming after epoch %d (step %d)", state["epoch"], state["step"])
-    forward = wrap_loss(loss_module, replicas)
-    if replicas.is_main:
-        if resume:
-            _truncate_metrics(run_dir / METRICS_FILE, state["epoch"])
-        for path in replaced:  # only now that the new run is known to start
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
-        run_dir.mkdir(parents=True, exist_ok=True)
-        config.save(run_dir / CONFIG_FILE)
-    log = TensorBoardLog(run_dir) if tensorboard and replicas.is_main else None
-    if replicas.is_distributed:
-        logger.info("data-parallel over %d processes (%s): %d images per rank per step, global batch %d, lr %g",
-                    replicas.world_size, replicas.backend, config.distributed.batch_size_per_rank,
-                    train_config.batch_size, train_config.lr)
-
-    anomaly_detection = torch.autograd.detect_anomaly() if detect_anomaly else nullcontext()
-    try:
-        with anomaly_detection:
-            for epoch in range(state["epoch"] + 1, train_config.epochs + 1):
-                if _patience_ran_out(state, train_config, replicas):
-                    break
-                for group in optimizer.param_groups:
-                    group["lr"] = learning_rate_at(epoch, train_config)
-                record = _run_epoch(epoch, state, run_dir, config, dataset, model, loss_module, forward, optimizer,
-                                    batches, replicas, progress)
-                if log is not None:
-                    log.log_epoch(record)
-                if replicas.is_main and plot_every and epoch % plot_every == 0:
-                    _write_snapshot(run_dir, config, dataset, model, epoch, f"_epoch{epoch:03d}", log)
-        return _summarize_run(run_dir, config, dataset, model, loss_module, device, replicas, log)
-    finally:
-        if log is not None:
-            log.close()
+def build_run_model(model_config: ModelConfig, x_dim: int) -> nn.Module:
+    """The configured model; ``x_dim`` (values per datapoint) is passed where its class takes one and the
+    configuration does not say."""
+    args = dict(model_config.args or {})
+    if "x_dim" not in args and accepts_argument(import_model_class(model_config.model), "x_dim"):
+        args["x_dim"] = x_dim
+    return build_model(model_config.model, **args)
 
 
-def learning_rate_at(epoch: int, train_config) -> float:
+def _train_config(settings: dict[str, Any]) -> TrainConfig:
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(settings) - names)
+    if unknown:
+        raise ConfigError(f"fit() has no setting {unknown[0]!r}; the settings are: {', '.join(sorted(names))}")
+    return TrainConfig(**settings)
+
+
+def learning_rate_at(epoch: int, train_config: TrainConfig) -> float:
     """The learning rate of ``epoch`` (from 1): ``lr * lr_decay ** (epoch - 1)``, so resuming needs no state."""
     return train_config.lr * train_config.lr_decay ** (epoch - 1)
 
 
-def _patience_ran_out(state: dict[str, Any], train_config, replicas: Replicas) -> bool:
-    """Early stopping: ``patience`` epochs have passed since the best validation score (rank 0's count)."""
-    if train_config.patience is None or state["epoch"] == 0:
-        return False
-    best_epoch = broadcast_from_main(state["best_epoch"], replicas)
-    if state["epoch"] - best_epoch < train_config.patience:
-        return False
-    logger.info("early stopping: no better validation score in the %d epochs after epoch %d",
-                train_config.patience, best_epoch)
-    return True
+class Trainer:
+    """One run: the model, its data, the plan, the optimizer and the run directory."""
+
+    def __init__(self, model: nn.Module, dataset: Dataset, config: RunConfig, run_dir: Path, replicas: Replicas,
+                 options: RunOptions) -> None:
+        if options.plot_every < 0:
+            raise ConfigError(f"plot_every must be >= 0 (0: only at the end), got {options.plot_every}")
+        if options.tensorboard and replicas.is_main:
+            summary_writer_class()  # refuse before anything is written when the package is missing
+        self.model, self.dataset, self.config, self.run_dir = model, dataset, config, run_dir
+        self.replicas, self.options = replicas, options
+        self.settings = config.train
+        config.data.binarize = resolve_binarization(config.data.binarize, getattr(model, "observes_binary_data", True),
+                                                    dataset.is_binary, dataset.in_unit_interval)
+        config.distributed = _distributed_settings(self.settings, replicas)
+        self.replaced = check_run_dir(run_dir, resume=options.resume, overwrite=options.overwrite) \
+            if replicas.is_main else []
+        pyro.clear_param_store()
+        pyro.set_rng_seed(self.settings.seed)
+        logger.info("data: %s (%s), %d train / %d valid / %s test datapoints of shape %s, binarization %s",
+                    dataset.name, dataset.source, len(dataset.train_images), len(dataset.valid_images),
+                    "no" if dataset.test_images is None else len(dataset.test_images), tuple(dataset.shape),
+                    config.data.binarize)
+        self.plan: TrainingPlan = training_plan(model, self.settings, dataset, config.data.binarize)
+        self.batches = ShardedBatches(self.plan.batches, replicas, self.plan.loss_module.num_images)
+        self.state = TrainingState()
+
+    def run(self) -> FitResult:
+        settings, replicas, options = self.settings, self.replicas, self.options
+        loss_module = self.plan.loss_module
+        if settings.compile and compile_networks(loss_module, next(iter(self.batches.epoch(1)))[0]):
+            logger.info("networks compiled with torch.compile")
+        self.optimizer = make_adam(self.model.parameters(), settings.lr, fused=settings.fast)
+        if options.resume:
+            self._restore()
+            logger.info("resuming after epoch %d (step %d)", self.state.epoch, self.state.step)
+        self.forward = wrap_loss(loss_module, replicas)
+        if replicas.is_main:
+            if options.resume:
+                _truncate_metrics(self.run_dir / METRICS_FILE, self.state.epoch)
+            for path in self.replaced:  # only now that the new run is known to start
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self.config.save(self.run_dir / CONFIG_FILE)
+        self.log = TensorBoardLog(self.run_dir) if options.tensorboard and replicas.is_main else None
+        if replicas.is_distributed:
+            logger.info("data-parallel over %d processes (%s): %d datapoints per rank per step, global batch %d, "
+                        "lr %g", replicas.world_size, replicas.backend, self.config.distributed.batch_size_per_rank,
+                        settings.batch_size, settings.lr)
+        anomaly_detection = torch.autograd.detect_anomaly() if options.detect_anomaly else nullcontext()
+        try:
+            with anomaly_detection:
+                for epoch in range(self.state.epoch + 1, settings.epochs + 1):
+                    if self._patience_ran_out():
+                        break
+                    for group in self.optimizer.param_groups:
+                        group["lr"] = learning_rate_at(epoch, settings)
+                    record = self._run_epoch(epoch)
+                    if self.log is not None:
+                        self.log.log_epoch(record)
+                    if replicas.is_main and options.plot_every and epoch % options.plot_every == 0:
+                        self._write_snapshot(epoch, f"_epoch{epoch:03d}")
+            return self._summarize()
+        finally:
+            if self.log is not None:
+                self.log.close()
+
+    def _patience_ran_out(self) -> bool:
+        """Early stopping: ``patience`` epochs have passed since the best validation score (rank 0's count)."""
+        patience = self.settings.patience
+        if patience is None or self.state.epoch == 0:
+            return False
+        best_epoch = broadcast_from_main(self.state.best_epoch, self.replicas)
+        if self.state.epoch - best_epoch < patience:
+            return False
+        logger.info("early stopping: no better validation score in the %d epochs after epoch %d", patience, best_epoch)
+        return True
+
+    def _score(self, split: str) -> dict[str, float]:
+        images, labels = evaluation_split(self.dataset, split, self.config.data.binarize, self.settings.seed)
+        return self.plan.score(images, labels, self.settings.eval_batch_size)
+
+    def _scored_splits(self, splits: tuple[str, ...]) -> dict[str, dict[str, float]]:
+        return {split: self._score(split) for split in splits if split in self.dataset.splits}
+
+    def _run_epoch(self, epoch: int) -> dict[str, Any] | None:
+        """Train one epoch, score held-out splits, append metrics, then checkpoint (last, and best if
+        improved); return the epoch's metrics record (None on ranks other than 0).
+
+        Distributed: training statistics are summed over ranks; rank 0 alone scores and writes.
+        """
+        started = time.perf_counter()
+        state, replicas, loss_module = self.state, self.replicas, self.plan.loss_module
+        if replicas.is_distributed:
+            seed_rank_for_epoch(self.settings.seed, epoch, replicas)
+        self.model.train()
+        totals, first_nonfinite_step = train_steps(epoch, state.step, loss_module, self.optimizer, self.batches,
+                                                   self.settings, self.options.progress and replicas.is_main,
+                                                   self.forward, self.plan.before_step)
+        first_nonfinite_step = reduce_min(first_nonfinite_step, replicas)
+        _stop_if_diverged(first_nonfinite_step, self.model, epoch, state.epoch, self.run_dir)
+        check_replicas_in_sync(self.model, replicas)
+        state.step += len(self.batches)
+        train = loss_module.epoch_summary(reduce_sum(totals, replicas).tolist())
+        train_seconds = time.perf_counter() - started
+        if not replicas.is_main:
+            state.epoch = epoch
+            return None
+
+        self.model.eval()
+        scores = self._scored_splits(self.plan.scored_splits)
+        valid_score = scores["valid"][self.plan.selection_metric]
+        improved = valid_score > state.best_valid_score
+        if improved:
+            state.best_valid_score, state.best_epoch = valid_score, epoch
+        record = {
+            "epoch": epoch,
+            "step": state.step,
+            "seconds": time.perf_counter() - started,
+            "train_seconds": train_seconds,
+            "objective": self.settings.objective,
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "kl_weight": getattr(loss_module, "kl_weight", 1.0),
+            "train": train,
+            **scores,
+            "best": improved,
+        }
+        with open(self.run_dir / METRICS_FILE, "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+        state.epoch = epoch
+        checkpoint = {**dataclasses.asdict(state), "config": self.config.to_dict(), "model": self.model.state_dict(),
+                      "optimizer": self.optimizer.state_dict(), "rng": rng_states()}
+        save_checkpoint(checkpoint, self.run_dir / LAST_CHECKPOINT)
+        if improved:
+            save_checkpoint(checkpoint, self.run_dir / BEST_CHECKPOINT)
+        logger.info("epoch %3d/%d  %s  %.1fs%s", epoch, self.settings.epochs, self.plan.describe(record),
+                    record["seconds"], "  *" if improved else "")
+        return record
+
+    def _restore(self) -> None:
+        """Load ``last.pt`` into model and optimizer; distributed, rank 0 reads it and sends it to the others
+        (their nodes need not share its disk). The number of processes may differ from the run's start."""
+        checkpoint = None
+        if self.replicas.is_main:
+            checkpoint = load_checkpoint(self.run_dir / LAST_CHECKPOINT, map_location=self.dataset.train_images.device)
+            saved = RunConfig.from_dict(checkpoint["config"])
+            ignore = ("train.epochs", "distributed") + (("model.args",) if self.config.model.args is None else ())
+            differences = config_differences(self.config, saved, ignore=ignore)
+            if differences:
+                raise ConfigError(f"cannot resume {self.run_dir}: its checkpoint was trained with other settings "
+                                  f"({'; '.join(differences)}); restore its config.json or start a new run")
+        if self.replicas.is_distributed:
+            checkpoint = broadcast_from_main(checkpoint, self.replicas)
+        self.model.load_state_dict(checkpoint["model"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        if not self.replicas.is_distributed:  # ranks reseed every epoch instead
+            restore_rng_states(checkpoint["rng"])
+        self.state = TrainingState(**{field.name: checkpoint[field.name]
+                                      for field in dataclasses.fields(TrainingState)})
+
+    def _write_snapshot(self, epoch: int, suffix: str = "") -> None:
+        """Reconstructions of 10 validation datapoints and prior samples in figures/ (what the model allows)."""
+        from pyro_vae.viz.run_figures import snapshot_figures, write_figures  # matplotlib
+
+        images, labels = evaluation_split(self.dataset, "valid", self.config.data.binarize, self.settings.seed)
+        figures = snapshot_figures(self.model, self.dataset, images, labels, self.settings.seed)
+        paths = write_figures(figures, self.run_dir, suffix)
+        if self.log is not None:
+            self.log.log_figures(figures, epoch)
+        if paths:
+            logger.info("figures: %s", ", ".join(str(path) for path in paths))
+
+    def _summarize(self) -> FitResult:
+        """Score the best checkpoint on validation and test; write and return the summary (rank 0 scores and
+        sends the summary to the other ranks)."""
+        if not self.replicas.is_main:
+            summary = broadcast_from_main(None, self.replicas)
+            return FitResult(run_dir=self.run_dir, best_epoch=summary["best_epoch"], valid=summary["valid"],
+                             test=summary["test"])
+        best = load_checkpoint(self.run_dir / BEST_CHECKPOINT, map_location=self.dataset.train_images.device)
+        self.model.load_state_dict(best["model"])
+        self.model.eval()
+        scores = self._scored_splits(("valid", "test"))
+        result = FitResult(run_dir=self.run_dir, best_epoch=best["best_epoch"], valid=scores["valid"],
+                           test=scores.get("test", {}))
+        summary = {"best_epoch": result.best_epoch, "dataset": self.config.data.dataset,
+                   "binarization": self.config.data.binarize, "valid": result.valid, "test": result.test}
+        (self.run_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+        self._write_snapshot(result.best_epoch)
+        if self.replicas.is_distributed:
+            broadcast_from_main(summary, self.replicas)
+        logger.info("best epoch %d: %s", result.best_epoch,
+                    "  ".join(f"{split} {_describe_scores(values)}" for split, values in scores.items()))
+        return result
 
 
-def _distributed_settings(train_config, replicas: Replicas) -> DistributedConfig:
+def _describe_scores(scores: dict[str, float]) -> str:
+    parts = []
+    if "accuracy" in scores:
+        parts.append(f"accuracy {100 * scores['accuracy']:.2f}%")
+    if "elbo" in scores:
+        parts.append(f"-ELBO {-scores['elbo']:.2f}")
+    if "reconstruction" in scores and "kl" in scores:
+        parts.append(f"(recon {-scores['reconstruction']:.2f} + KL {scores['kl']:.2f})")
+    return " ".join(parts)
+
+
+def _distributed_settings(train_config: TrainConfig, replicas: Replicas) -> DistributedConfig:
     """What ``config.json`` records about the processes; refuses a batch that does not split evenly."""
     if train_config.batch_size % replicas.world_size:
         raise ConfigError(f"--batch-size {train_config.batch_size} (the global batch) does not split evenly over "
@@ -182,40 +393,9 @@ def _distributed_settings(train_config, replicas: Replicas) -> DistributedConfig
                              effective_batch_size=train_config.batch_size, effective_lr=train_config.lr)
 
 
-def _loss_and_batches(config: RunConfig, dataset, model) -> tuple[nn.Module, EpochBatches | SemiSupervisedBatches]:
-    """The loss module the optimizer minimises and the training batches it is fed, for the configured model."""
-    train_config = config.train
-    if config.model.model in ("cvae", "ssvae") and dataset.train_labels is None:
-        raise ConfigError(f"--model {config.model.model} needs labels but {dataset.name} has none; use --dataset "
-                          "mnist, fashion-mnist or mnist-sample")
-    if config.model.model == "ssvae":
-        labelled = balanced_labelled_indices(dataset.train_labels, config.data.labels, model.num_classes,
-                                             train_config.seed)
-        batches = SemiSupervisedBatches(dataset.train_images, dataset.train_labels, labelled,
-                                        train_config.batch_size, config.data.binarize, train_config.seed)
-        labelled_scale = batches.labelled_scale if train_config.labelled_weighting == "pass" else 1.0
-        return SemiSupervisedLoss(model, train_config.aux_weight, labelled_scale), batches
-    batches = EpochBatches(dataset.train_images, dataset.train_labels, train_config.batch_size,
-                           config.data.binarize, train_config.seed)
-    return NegativeELBO(model, make_objective(train_config.objective, train_config.num_particles)), batches
-
-
-def selection_metric(config: RunConfig) -> str:
-    """The validation score that picks ``best.pt``: accuracy for M2, the ELBO otherwise."""
-    return "accuracy" if config.model.model == "ssvae" else "elbo"
-
-
-def score_split(config: RunConfig, model, loss_module, images: torch.Tensor, labels: torch.Tensor | None
-                ) -> dict[str, float]:
-    """Held-out scores of a split: the ELBO terms; for M2 its accuracy and the unlabelled ELBO."""
-    batch_size = config.train.eval_batch_size
-    if isinstance(loss_module, SemiSupervisedLoss):
-        return semisupervised_scores(loss_module, images, labels, batch_size)
-    return summarize_terms(dataset_elbo_terms(model, images, labels, batch_size=batch_size))
-
-
 def train_steps(epoch: int, first_step: int, loss_module, optimizer, batches, train_config,
-                progress: bool, forward: nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                progress: bool, forward: nn.Module | None = None,
+                before_step: Callable[[int, int], None] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """One pass over the training data. Returns the loss module's statistics summed over the epoch
     and the first step (counted from 1 over the run) whose loss was not finite, inf if none; both
     stay on the device, so there is no per-step host synchronisation.
@@ -223,6 +403,7 @@ def train_steps(epoch: int, first_step: int, loss_module, optimizer, batches, tr
     ``batches`` is a :class:`~pyro_vae.distributed.ShardedBatches` or batches of one process;
     ``forward`` calls ``loss_module`` (DistributedDataParallel around it when distributed). With
     ``train_config.fast`` Pyro validates distributions and sites on the epoch's first step only.
+    ``before_step(step, steps_per_epoch)`` runs before each step (a plan's KL warm-up).
     """
     if not isinstance(batches, ShardedBatches):
         batches = ShardedBatches(batches, Replicas(), loss_module.num_images)
@@ -235,8 +416,8 @@ def train_steps(epoch: int, first_step: int, loss_module, optimizer, batches, tr
                disable=not progress or None)
     for step, (batch, images_per_rank) in enumerate(bar, start=first_step):
         validate = not train_config.fast or step == first_step
-        if isinstance(loss_module, NegativeELBO):
-            loss_module.kl_weight = kl_weight_at(step, len(batches), train_config.beta, train_config.kl_warmup_epochs)
+        if before_step is not None:
+            before_step(step, len(batches))
         try:
             with pyro.validation_enabled(validate):
                 loss = forward(*batch)
@@ -256,75 +437,6 @@ def train_steps(epoch: int, first_step: int, loss_module, optimizer, batches, tr
     return totals, first_nonfinite_step
 
 
-def _run_epoch(epoch: int, state: dict[str, Any], run_dir: Path, config: RunConfig, dataset, model,
-               loss_module, forward, optimizer, batches: ShardedBatches, replicas: Replicas, progress: bool
-               ) -> dict[str, Any] | None:
-    """Train one epoch, score validation, append metrics, then checkpoint (last, and best if improved);
-    return the epoch's metrics record (None on ranks other than 0).
-
-    Distributed: training statistics are summed over ranks; rank 0 alone scores and writes.
-    """
-    started = time.perf_counter()
-    train_config = config.train
-    if replicas.is_distributed:
-        seed_rank_for_epoch(train_config.seed, epoch, replicas)
-    model.train()
-    totals, first_nonfinite_step = train_steps(epoch, state["step"], loss_module, optimizer, batches,
-                                               train_config, progress, forward)
-    first_nonfinite_step = reduce_min(first_nonfinite_step, replicas)
-    _stop_if_diverged(first_nonfinite_step, model, epoch, state, run_dir)
-    check_replicas_in_sync(model, replicas)
-    state["step"] += len(batches)
-    train = loss_module.epoch_summary(reduce_sum(totals, replicas).tolist())
-    train_seconds = time.perf_counter() - started
-    if not replicas.is_main:
-        state["epoch"] = epoch
-        return None
-
-    model.eval()
-    splits = ("valid", "test") if isinstance(loss_module, SemiSupervisedLoss) else ("valid",)
-    scores = {split: score_split(config, model, loss_module,
-                                 *evaluation_split(dataset, split, config.data.binarize, train_config.seed))
-              for split in splits}
-    valid_score = scores["valid"][selection_metric(config)]
-    improved = valid_score > state["best_valid_score"]
-    if improved:
-        state["best_valid_score"], state["best_epoch"] = valid_score, epoch
-    record = {
-        "epoch": epoch,
-        "step": state["step"],
-        "seconds": time.perf_counter() - started,
-        "train_seconds": train_seconds,
-        "objective": train_config.objective,
-        "lr": optimizer.param_groups[0]["lr"],
-        "kl_weight": getattr(loss_module, "kl_weight", 1.0),
-        "train": train,
-        **scores,
-        "best": improved,
-    }
-    with open(run_dir / METRICS_FILE, "a") as handle:
-        handle.write(json.dumps(record) + "\n")
-    state["epoch"] = epoch
-    checkpoint = _checkpoint_state(config, model, optimizer, state)
-    save_checkpoint(checkpoint, run_dir / LAST_CHECKPOINT)
-    if improved:
-        save_checkpoint(checkpoint, run_dir / BEST_CHECKPOINT)
-    logger.info("epoch %3d/%d  %s  %.1fs%s", epoch, train_config.epochs, _describe_epoch(record), record["seconds"],
-                "  *" if improved else "")
-    return record
-
-
-def _describe_epoch(record: dict[str, Any]) -> str:
-    train, valid = record["train"], record["valid"]
-    if "accuracy" in valid:
-        return (f"train loss {train['loss']:.2f} (unlabelled -ELBO {train['unsupervised']:.2f}, labelled -ELBO "
-                f"{train['supervised']:.2f}, classifier {train['classification']:.2f})  valid -ELBO "
-                f"{-valid['elbo']:.2f} accuracy {100 * valid['accuracy']:.2f}%  test accuracy "
-                f"{100 * record['test']['accuracy']:.2f}%")
-    return (f"train -ELBO {-train['elbo']:.2f} (recon {-train['reconstruction']:.2f} + KL {train['kl']:.2f})  "
-            f"valid -ELBO {-valid['elbo']:.2f} (recon {-valid['reconstruction']:.2f} + KL {valid['kl']:.2f})")
-
-
 class TrainingDiverged(RuntimeError):
     """The loss or the parameters became NaN or infinite; the message names where and why it may be."""
 
@@ -333,66 +445,20 @@ def _parameters_finite(model) -> bool:
     return all(bool(torch.isfinite(p).all()) for p in model.parameters())
 
 
-def _stop_if_diverged(first_nonfinite_step: torch.Tensor, model, epoch: int, state: dict[str, Any],
+def _stop_if_diverged(first_nonfinite_step: torch.Tensor, model, epoch: int, last_good_epoch: int,
                       run_dir: Path) -> None:
     """Raise before anything of a diverged epoch is written, so the last good checkpoint stays."""
     bad_step = first_nonfinite_step.item()
     if math.isinf(bad_step) and _parameters_finite(model):
         return
     where = f"step {int(bad_step)}" if not math.isinf(bad_step) else "its last step (non-finite parameters)"
-    kept = (f"the last good checkpoint is {run_dir / LAST_CHECKPOINT} (epoch {state['epoch']})"
-            if state["epoch"] else "no epoch had finished, so no checkpoint was written")
+    kept = (f"the last good checkpoint is {run_dir / LAST_CHECKPOINT} (epoch {last_good_epoch})"
+            if last_good_epoch else "no epoch had finished, so no checkpoint was written")
     raise TrainingDiverged(
         f"training diverged in epoch {epoch} at {where}: the loss became NaN or infinite; {kept}. "
         "Likely causes: a learning rate too high (try a smaller --lr), data outside the likelihood's range, "
         "or a too small --gaussian-scale; rerun with --detect-anomaly to find the operation"
     )
-
-
-def _checkpoint_state(config: RunConfig, model, optimizer, state: dict[str, Any]) -> dict[str, Any]:
-    return {
-        **state,
-        "config": config.to_dict(),
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "rng": rng_states(),
-    }
-
-
-def _restore(run_dir: Path, config: RunConfig, model, optimizer, device: torch.device,
-             replicas: Replicas) -> dict[str, Any]:
-    """Load ``last.pt`` into model and optimizer; distributed, rank 0 reads it and sends it to the others
-    (their nodes need not share its disk). The number of processes may differ from the run's start."""
-    checkpoint = None
-    if replicas.is_main:
-        checkpoint = load_checkpoint(run_dir / LAST_CHECKPOINT, map_location=device)
-        differences = config_differences(config, RunConfig.from_dict(checkpoint["config"]),
-                                         ignore=("train.epochs", "distributed"))
-        if differences:
-            raise ConfigError(f"cannot resume {run_dir}: its checkpoint was trained with other settings "
-                              f"({'; '.join(differences)}); restore its config.json or start a new run")
-    if replicas.is_distributed:
-        checkpoint = broadcast_from_main(checkpoint, replicas)
-    model.load_state_dict(checkpoint["model"])
-    optimizer.load_state_dict(checkpoint["optimizer"])
-    if not replicas.is_distributed:  # ranks reseed every epoch instead
-        restore_rng_states(checkpoint["rng"])
-    return {key: checkpoint[key] for key in ("epoch", "step", "best_valid_score", "best_epoch")}
-
-
-def _write_snapshot(run_dir: Path, config: RunConfig, dataset, model, epoch: int, suffix: str = "",
-                    log: TensorBoardLog | None = None) -> None:
-    """Reconstructions of 10 validation images (one per class where labelled) and prior samples in figures/."""
-    from pyro_vae.viz.run_figures import FIGURES_DIR, first_of_each_class, save_figure, snapshot_figures  # matplotlib
-
-    images, labels = evaluation_split(dataset, "valid", config.data.binarize, config.train.seed)
-    chosen = first_of_each_class(labels, 10) if labels is not None else torch.arange(min(10, len(images)))
-    conditioned = config.model.model == "cvae"
-    figures = snapshot_figures(model, images[chosen], labels[chosen] if conditioned else None, config.train.seed)
-    paths = [save_figure(figure, run_dir / FIGURES_DIR / f"{name}{suffix}.png") for name, figure in figures.items()]
-    if log is not None:
-        log.log_figures(figures, epoch)
-    logger.info("figures: %s", ", ".join(str(path) for path in paths))
 
 
 def _truncate_metrics(path: Path, last_epoch: int) -> None:
@@ -404,32 +470,3 @@ def _truncate_metrics(path: Path, last_epoch: int) -> None:
     path.write_text("".join(line + "\n" for line in kept))
 
 
-def _summarize_run(run_dir: Path, config: RunConfig, dataset, model, loss_module, device,
-                   replicas: Replicas, log: TensorBoardLog | None = None) -> FitResult:
-    """Score the best checkpoint on validation and test; write and return the summary (rank 0 scores and
-    sends the summary to the other ranks)."""
-    if not replicas.is_main:
-        summary = broadcast_from_main(None, replicas)
-        return FitResult(run_dir=run_dir, best_epoch=summary["best_epoch"], valid=summary["valid"],
-                         test=summary["test"])
-    best = load_checkpoint(run_dir / BEST_CHECKPOINT, map_location=device)
-    model.load_state_dict(best["model"])
-    model.eval()
-    scores = {split: score_split(config, model, loss_module,
-                                 *evaluation_split(dataset, split, config.data.binarize, config.train.seed))
-              for split in ("valid", "test")}
-    result = FitResult(run_dir=run_dir, best_epoch=best["best_epoch"], valid=scores["valid"], test=scores["test"])
-    summary = {"best_epoch": result.best_epoch, "dataset": config.data.dataset,
-               "binarization": config.data.binarize, "valid": result.valid, "test": result.test}
-    (run_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
-    _write_snapshot(run_dir, config, dataset, model, result.best_epoch, log=log)
-    if replicas.is_distributed:
-        broadcast_from_main(summary, replicas)
-    if "accuracy" in result.test:
-        logger.info("best epoch %d: test accuracy %.2f%% (error %.2f%%), test -ELBO %.2f nats per image",
-                    result.best_epoch, 100 * result.test["accuracy"], 100 * (1 - result.test["accuracy"]),
-                    -result.test["elbo"])
-    else:
-        logger.info("best epoch %d: test -ELBO %.2f (recon %.2f + KL %.2f) nats per image",
-                    result.best_epoch, -result.test["elbo"], -result.test["reconstruction"], result.test["kl"])
-    return result

@@ -1,8 +1,11 @@
 """Figures as matplotlib objects (no pyplot, no display needed); the caller decides where to save them.
 
 Images are drawn as digits are, black ink on white, on the fixed range [0, 1] of pixel
-probabilities. Conditional models (CVAE, M2) take the images' labels ``y`` where they encode or
-decode; M2 uses its classifier's label when ``y`` is not given.
+probabilities. Figures use only the model contract (:mod:`pyro_vae.models`): prior draws come from
+running the model, so a learned prior is drawn as it is; ``decode(z, y=None)`` is needed for the
+figures that decode chosen latents, and raises a ValueError naming the method otherwise.
+Conditional models take the images' labels ``y``; a model with ``predict(x)`` (M2) uses its
+classifier's label when ``y`` is not given.
 """
 
 from __future__ import annotations
@@ -13,12 +16,13 @@ from typing import Any
 import torch
 from matplotlib.figure import Figure
 
-from pyro_vae.models import latent_means
-from pyro_vae.models.cvae import ConditionalVAE
-from pyro_vae.models.ssvae import SSVAE
-from pyro_vae.models.vae import VAE
+import pyro
+from pyro import poutine
+from torch import nn
 
-Model = VAE | ConditionalVAE
+from pyro_vae.inference.evaluate import latent_means
+
+Model = nn.Module
 
 
 def image_grid(images: torch.Tensor, num_rows: int, image_shape: tuple[int, int] = (28, 28),
@@ -45,64 +49,117 @@ def image_grid(images: torch.Tensor, num_rows: int, image_shape: tuple[int, int]
     return figure
 
 
+def _x_dim(model: Model, x_dim: int | None) -> int:
+    if x_dim is None:
+        x_dim = getattr(model, "x_dim", None)
+    if x_dim is None:
+        raise ValueError(f"{type(model).__name__} has no x_dim attribute; pass x_dim, the values per datapoint")
+    return x_dim
+
+
+def _device(model: Model) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _model_trace(model: Model, num: int, seed: int, x_dim: int | None, y: torch.Tensor | None = None):
+    """A trace of ``model.model`` on ``num`` placeholder datapoints: its latent sites hold draws from the
+    prior (seeded, the global random state untouched), its observed sites p(x|z) of those draws."""
+    placeholder = torch.zeros(num, _x_dim(model, x_dim), device=_device(model))
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        pyro.set_rng_seed(seed)
+        return poutine.trace(model.model).get_trace(placeholder, y)
+
+
+def prior_latents(model: Model, num: int, seed: int = 0, x_dim: int | None = None, y: torch.Tensor | None = None,
+                  site: str = "z") -> torch.Tensor:
+    """``num`` seeded draws of the latent ``site`` from the model's own prior (running the model)."""
+    trace = _model_trace(model, num, seed, x_dim, y)
+    if site not in trace.nodes:
+        raise ValueError(f"the model of {type(model).__name__} has no sample site {site!r}")
+    return trace.nodes[site]["value"]
+
+
+def _require_decode(model: Model, figure: str) -> None:
+    if not callable(getattr(model, "decode", None)):
+        raise ValueError(f"{figure} needs a decode(z, y=None) method, which {type(model).__name__} does not have")
+
+
+def _is_class_conditional(model: Model) -> bool:
+    return hasattr(model, "num_classes") and callable(getattr(model, "decode", None))
+
+
 @torch.no_grad()
-def class_conditional_grid(model: ConditionalVAE, num_columns: int = 10, seed: int = 0) -> Figure:
+def class_conditional_grid(model: Model, num_columns: int = 10, seed: int = 0, x_dim: int | None = None,
+                           image_shape: tuple[int, int] = (28, 28)) -> Figure:
     """Means of p(x|y, z): one row per class y, one style z ~ p(z) per column, shared down the column."""
-    styles = _prior_draws(model, num_columns, seed)
-    labels = torch.arange(model.num_classes, device=styles.device).repeat_interleave(num_columns)
-    images = model.sample_images(labels, styles.repeat(model.num_classes, 1))
-    return image_grid(images, model.num_classes, row_labels=[str(c) for c in range(model.num_classes)],
+    if not _is_class_conditional(model):
+        raise ValueError(f"the class-conditional grid needs num_classes and decode(z, y), which "
+                         f"{type(model).__name__} does not have")
+    labels = torch.arange(model.num_classes, device=_device(model)).repeat_interleave(num_columns)
+    styles = prior_latents(model, num_columns, seed, x_dim, y=labels[:num_columns])
+    images = model.decode(styles.repeat(model.num_classes, 1), labels)
+    return image_grid(images, model.num_classes, image_shape, row_labels=[str(c) for c in range(model.num_classes)],
                       title="p(x | y, z): a row per class y, a style z per column")
 
 
 @torch.no_grad()
-def samples_figure(model: VAE | ConditionalVAE, num_images: int = 64, label: int | None = None,
-                   seed: int = 0) -> Figure:
+def samples_figure(model: Model, num_images: int = 64, label: int | None = None, seed: int = 0,
+                   x_dim: int | None = None, image_shape: tuple[int, int] = (28, 28)) -> Figure:
     """Means of p(x|z) (or of p(x|y=label, z)) for ``num_images`` draws z ~ p(z), in a square-ish grid.
 
-    A label-conditioned model without ``label`` gives :func:`class_conditional_grid` instead.
+    A class-conditional model without ``label`` gives :func:`class_conditional_grid` instead; a model
+    with ``sample_images(num_images)`` draws its own; any other model is run on placeholder data, its
+    latents drawn from its prior, and the means of its observed site shown.
     """
-    conditional = isinstance(model, ConditionalVAE)
-    if label is not None and not conditional:
-        raise ValueError(f"--label needs a model that generates a chosen class (cvae or ssvae); this one is a "
-                         f"{type(model).__name__}, drop --label")
-    if conditional and label is None:
-        return class_conditional_grid(model, num_columns=max(1, num_images // model.num_classes), seed=seed)
-    z = _prior_draws(model, num_images, seed)
-    if conditional:
+    rows = max(1, round(num_images ** 0.5))
+    if label is not None:
+        if not _is_class_conditional(model):
+            raise ValueError(f"--label needs a model that generates a chosen class (num_classes and decode(z, y)); "
+                             f"{type(model).__name__} is not one, drop --label")
         if not 0 <= label < model.num_classes:
             raise ValueError(f"--label {label} is not a class of this model; use 0..{model.num_classes - 1}")
-        labels = torch.full((num_images,), label, dtype=torch.long, device=z.device)
-        images, title = model.sample_images(labels, z), f"p(x | y={label}, z), z ~ p(z)"
+        labels = torch.full((num_images,), label, dtype=torch.long, device=_device(model))
+        z = prior_latents(model, num_images, seed, x_dim, y=labels)
+        return image_grid(model.decode(z, labels), rows, image_shape, title=f"p(x | y={label}, z), z ~ p(z)")
+    if _is_class_conditional(model):
+        return class_conditional_grid(model, max(1, num_images // model.num_classes), seed, x_dim, image_shape)
+    if callable(getattr(model, "sample_images", None)):
+        with torch.random.fork_rng(devices=[]):
+            pyro.set_rng_seed(seed)
+            images = model.sample_images(num_images)
     else:
-        images, title = model.sample_images(num_images, z), "p(x | z), z ~ p(z)"
-    return image_grid(images, num_rows=max(1, round(num_images ** 0.5)), title=title)
-
-
-def _prior_draws(model: VAE | ConditionalVAE, num: int, seed: int) -> torch.Tensor:
-    """``num`` seeded draws from p(z) = N(0, I), on the model's device."""
-    generator = torch.Generator().manual_seed(seed)
-    return torch.randn(num, model.z_dim, generator=generator).to(next(model.parameters()).device)
-
-
-def _decode(model: Model, z: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
-    return model.decode(z, y) if isinstance(model, ConditionalVAE) else model.decode(z)
+        trace = _model_trace(model, num_images, seed, x_dim)
+        observed = [site for site in trace.nodes.values() if site["type"] == "sample" and site["is_observed"]]
+        if len(observed) != 1:
+            raise ValueError(f"samples need one observed site or a sample_images method; {type(model).__name__} has "
+                             f"{len(observed)} observed sites")
+        images = observed[0]["fn"].mean
+    return image_grid(images, rows, image_shape, title="p(x | z), z ~ p(z)")
 
 
 def _labels_for_decoding(model: Model, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor | None:
-    """The labels a conditional model decodes with: the given ones, else M2's classifier's."""
-    if isinstance(model, SSVAE) and y is None:
-        return model.predict(x)
-    return y if isinstance(model, ConditionalVAE) else None
+    """The labels a model decodes with: the given ones, else its classifier's (``predict``), if it has one."""
+    predict = getattr(model, "predict", None)
+    if y is None and callable(predict):
+        return predict(x)
+    return y
 
 
 @torch.no_grad()
-def reconstructions_figure(model: Model, x: torch.Tensor, y: torch.Tensor | None = None) -> Figure:
-    """Inputs (top row) over their reconstructions, the mean of p(x|z) at z = E_q[z|x] (bottom row)."""
-    y = _labels_for_decoding(model, x, y)
-    reconstructions = _decode(model, latent_means(model, x, y), y)
-    return image_grid(torch.cat([x, reconstructions]), num_rows=2, row_labels=["input", "recon."],
-                      title="inputs and reconstructions, mean of p(x | z = E_q[z|x])")
+def reconstructions_figure(model: Model, x: torch.Tensor, y: torch.Tensor | None = None,
+                           image_shape: tuple[int, int] = (28, 28)) -> Figure:
+    """Inputs (top row) over their reconstructions (bottom row): the mean of p(x|z) at z = E_q[z|x]
+    with ``decode``, else at one draw z ~ q(z|x) (the guide replayed into the model)."""
+    if callable(getattr(model, "decode", None)):
+        y = _labels_for_decoding(model, x, y)
+        reconstructions, at = model.decode(latent_means(model, x, y), y), "z = E_q[z|x]"
+    else:
+        guide_trace = poutine.trace(model.guide).get_trace(x, y)
+        model_trace = poutine.trace(poutine.replay(model.model, trace=guide_trace)).get_trace(x, y)
+        observed = [site for site in model_trace.nodes.values() if site["type"] == "sample" and site["is_observed"]]
+        reconstructions, at = observed[0]["fn"].mean, "z ~ q(z|x)"
+    return image_grid(torch.cat([x, reconstructions]), 2, image_shape, row_labels=["input", "recon."],
+                      title=f"inputs and reconstructions, mean of p(x | {at})")
 
 
 def _principal_components(points: torch.Tensor, num: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
@@ -155,26 +212,28 @@ def latent_scatter(means: torch.Tensor, labels: torch.Tensor | None = None, meth
 
 
 @torch.no_grad()
-def manifold_grid(model: VAE, num_per_side: int = 20) -> Figure:
+def manifold_grid(model: Model, num_per_side: int = 20, image_shape: tuple[int, int] = (28, 28)) -> Figure:
     """Means of p(x|z) over a grid of 2-D latents at evenly spaced quantiles of N(0, 1) per axis
     (Kingma & Welling, 2014, fig. 4), z[0] left to right and z[1] bottom to top."""
-    if isinstance(model, ConditionalVAE) or model.z_dim != 2:
-        raise ValueError(f"the decoded manifold needs a VAE with a 2-D latent (--z-dim 2); this is a "
-                         f"{type(model).__name__} with {model.z_dim} latent dimensions")
+    _require_decode(model, "the decoded manifold")
+    if getattr(model, "needs_labels", False) or hasattr(model, "num_classes") or getattr(model, "z_dim", None) != 2:
+        raise ValueError(f"the decoded manifold needs an unconditional model with a 2-D latent (z_dim 2); "
+                         f"{type(model).__name__} has z_dim {getattr(model, 'z_dim', None)}")
     quantiles = torch.distributions.Normal(0.0, 1.0).icdf(torch.linspace(0.05, 0.95, num_per_side))
     z1, z0 = torch.meshgrid(quantiles.flip(0), quantiles, indexing="ij")  # top row: largest z[1]
     z = torch.stack([z0.reshape(-1), z1.reshape(-1)], dim=1).to(next(model.parameters()).device)
-    return image_grid(model.decode(z), num_rows=num_per_side,
+    return image_grid(model.decode(z), num_per_side, image_shape,
                       title="p(x | z) over z at N(0, 1) quantiles 0.05..0.95 (z[0] across, z[1] up)")
 
 
 @torch.no_grad()
 def interpolation_figure(model: Model, x_start: torch.Tensor, x_end: torch.Tensor, num_steps: int = 10,
-                         y_start: torch.Tensor | None = None) -> Figure:
+                         y_start: torch.Tensor | None = None, image_shape: tuple[int, int] = (28, 28)) -> Figure:
     """One row per pair: means of p(x|z) along the straight line from E_q[z|x_start] to E_q[z|x_end].
 
     A conditional model decodes the whole row with the start image's label.
     """
+    _require_decode(model, "interpolation")
     if num_steps < 2:
         raise ValueError(f"num_steps must be >= 2 (the two ends), got {num_steps}")
     y = _labels_for_decoding(model, x_start, y_start)
@@ -182,16 +241,18 @@ def interpolation_figure(model: Model, x_start: torch.Tensor, x_end: torch.Tenso
     weights = torch.linspace(0, 1, num_steps, device=start.device)
     z = start[:, None] + weights[None, :, None] * (end - start)[:, None]  # (pairs, steps, z_dim)
     labels = None if y is None else y.repeat_interleave(num_steps)
-    images = _decode(model, z.reshape(-1, z.shape[-1]), labels)
-    return image_grid(images, num_rows=len(x_start),
+    images = model.decode(z.reshape(-1, z.shape[-1]), labels)
+    return image_grid(images, len(x_start), image_shape,
                       title=f"latent interpolation between test images, {num_steps} steps")
 
 
 @torch.no_grad()
 def traversal_figure(model: Model, x: torch.Tensor, dims: Sequence[int], values: Sequence[float] = (
-        -3, -2.25, -1.5, -0.75, 0, 0.75, 1.5, 2.25, 3), y: torch.Tensor | None = None) -> Figure:
+        -3, -2.25, -1.5, -0.75, 0, 0.75, 1.5, 2.25, 3), y: torch.Tensor | None = None,
+                     image_shape: tuple[int, int] = (28, 28)) -> Figure:
     """For one image: a row per latent dimension in ``dims``, that coordinate of E_q[z|x] set to each of
     ``values`` (the others held), decoded to the mean of p(x|z)."""
+    _require_decode(model, "traversals")
     if x.shape[0] != 1:
         raise ValueError(f"a traversal starts from one image; pass x of shape (1, pixels), got {tuple(x.shape)}")
     y = _labels_for_decoding(model, x, y)
@@ -203,8 +264,8 @@ def traversal_figure(model: Model, x: torch.Tensor, dims: Sequence[int], values:
     for row, dim in enumerate(dims):
         grid[row, :, dim] = torch.as_tensor(values, dtype=z.dtype, device=z.device)
     labels = None if y is None else y.expand(len(dims) * len(values))
-    images = _decode(model, grid.reshape(-1, z.shape[0]), labels)
-    return image_grid(images, num_rows=len(dims), row_labels=[f"z[{d}]" for d in dims],
+    images = model.decode(grid.reshape(-1, z.shape[0]), labels)
+    return image_grid(images, len(dims), image_shape, row_labels=[f"z[{d}]" for d in dims],
                       title=f"traversals: z[d] set to {values[0]:g} .. {values[-1]:g}, the rest at E_q[z|x]")
 
 
@@ -265,10 +326,11 @@ def accuracy_vs_labels(errors: dict[int, Sequence[float]], published: dict[str, 
 
 
 @torch.no_grad()
-def denoising_figure(model: Model, clean: torch.Tensor, corrupted: torch.Tensor, y: torch.Tensor | None = None
-                     ) -> Figure:
+def denoising_figure(model: Model, clean: torch.Tensor, corrupted: torch.Tensor, y: torch.Tensor | None = None,
+                     image_shape: tuple[int, int] = (28, 28)) -> Figure:
     """Rows: clean images, their corrupted versions, and the reconstructions of the corrupted ones."""
+    _require_decode(model, "denoising")
     y = _labels_for_decoding(model, corrupted, y)
-    restored = _decode(model, latent_means(model, corrupted, y), y)
-    return image_grid(torch.cat([clean, corrupted, restored]), num_rows=3,
+    restored = model.decode(latent_means(model, corrupted, y), y)
+    return image_grid(torch.cat([clean, corrupted, restored]), 3, image_shape,
                       row_labels=["clean", "corrupted", "recon."], title="denoising: reconstructing corrupted inputs")

@@ -1,22 +1,30 @@
-"""The figures that fit a run's model, written as PNGs into the run's ``figures/`` folder."""
+"""The figures that fit a run's model, written as PNGs into the run's ``figures/`` folder.
+
+Each figure is drawn when the model and the data allow it; otherwise it is skipped with one
+logged line saying why (no ``decode``, data that are not images, a latent that is not 2-D).
+"""
 
 from __future__ import annotations
 
 import json
+import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from matplotlib.figure import Figure
 from torch import nn
 
-from pyro_vae.viz import plots
-from pyro_vae.data.batches import evaluation_batches
+from pyro_vae.data.batches import evaluation_batches, evaluation_split
 from pyro_vae.data.corruption import masked_block, salt_and_pepper
-from pyro_vae.models import latent_means
-from pyro_vae.models.cvae import ConditionalVAE
-from pyro_vae.runs.run_dir import METRICS_FILE, LoadedRun, evaluation_split
+from pyro_vae.data.datasets import Dataset
+from pyro_vae.inference.evaluate import latent_means
+from pyro_vae.runs.layout import FIGURES_DIR, METRICS_FILE
+from pyro_vae.runs.run_dir import LoadedRun
+from pyro_vae.training.plan import labels_for_model
+from pyro_vae.viz import plots
 
-FIGURES_DIR = "figures"
+logger = logging.getLogger(__name__)
 DPI = 110
 
 
@@ -25,6 +33,13 @@ def save_figure(figure: Figure, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=DPI)
     return path
+
+
+def write_figures(figures: dict[str, Figure], run_dir: Path, suffix: str = "", out_dir: Path | None = None
+                  ) -> list[Path]:
+    """Save each figure as ``NAME{suffix}.png`` in ``out_dir`` (default ``run_dir/figures``)."""
+    out_dir = out_dir or run_dir / FIGURES_DIR
+    return [save_figure(figure, out_dir / f"{name}{suffix}.png") for name, figure in figures.items()]
 
 
 def first_of_each_class(labels: torch.Tensor, count: int) -> torch.Tensor:
@@ -38,65 +53,76 @@ def first_of_each_class(labels: torch.Tensor, count: int) -> torch.Tensor:
     return key.argsort()[:count]
 
 
-def snapshot_figures(model: nn.Module, images: torch.Tensor, labels: torch.Tensor | None, seed: int = 0
-                     ) -> dict[str, Figure]:
-    """Reconstructions of ``images`` and samples from the prior: what training draws as it goes."""
+def _shown(images: torch.Tensor, labels: torch.Tensor | None, count: int) -> torch.Tensor:
+    """Which datapoints figures show: one per class in turn where labelled, else the first ``count``."""
+    return first_of_each_class(labels, count) if labels is not None else torch.arange(min(count, len(images)))
+
+
+def _draw(figures: dict[str, Figure], name: str, draw: Callable[[], Figure]) -> None:
+    """Add ``draw()`` as ``name``, or log one line saying why the model or data cannot have it."""
+    try:
+        figures[name] = draw()
+    except ValueError as error:
+        logger.info("figure %s skipped: %s", name, error)
+
+
+def snapshot_figures(model: nn.Module, dataset: Dataset, images: torch.Tensor, labels: torch.Tensor | None,
+                     seed: int = 0, count: int = 10) -> dict[str, Figure]:
+    """Reconstructions of ``count`` of ``images`` and samples from the prior: what training draws as it goes."""
+    figures: dict[str, Figure] = {}
+    image_shape = dataset.image_shape
+    if image_shape is None:
+        logger.info("figures skipped: the data are not images (datapoints of shape %s)", tuple(dataset.shape))
+        return figures
+    chosen = _shown(images, labels, count)
+    y = labels_for_model(model, None if labels is None else labels[chosen])
     was_training = model.training
     model.eval()
-    figures = {"reconstructions": plots.reconstructions_figure(model, images, labels),
-               "samples": plots.samples_figure(model, 64, None, seed)}
+    _draw(figures, "reconstructions", lambda: plots.reconstructions_figure(model, images[chosen], y, image_shape))
+    _draw(figures, "samples", lambda: plots.samples_figure(model, 64, None, seed, dataset.x_dim, image_shape))
     model.train(was_training)
     return figures
 
 
-def training_snapshot(model: nn.Module, images: torch.Tensor, labels: torch.Tensor | None, out_dir: Path,
-                      suffix: str = "", seed: int = 0) -> list[Path]:
-    """:func:`snapshot_figures` written as ``reconstructions{suffix}.png`` and ``samples{suffix}.png``."""
-    return [save_figure(figure, out_dir / f"{name}{suffix}.png")
-            for name, figure in snapshot_figures(model, images, labels, seed).items()]
-
-
 def write_run_figures(run: LoadedRun, run_dir: Path, out_dir: Path | None = None, num_images: int = 10,
                       latent_method: str = "pca", max_scatter_points: int = 5000) -> list[Path]:
-    """Every figure that fits the run's model, from its best checkpoint and its test split.
+    """Every figure that fits the run's model, from its best checkpoint and its test split (valid without one).
 
-    All models: reconstructions, samples, latent scatter, interpolation, traversals, denoising,
-    training curves. A 2-D latent VAE also gets the decoded manifold; conditional models
-    (CVAE, M2) a class-conditional grid. Returns the written paths.
+    Reconstructions, samples, latent scatter, interpolation, traversals, denoising, training curves;
+    a 2-D latent also gets the decoded manifold, a class-conditional model its class grid. Returns
+    the written paths.
     """
-    out_dir = out_dir or run_dir / FIGURES_DIR
-    model, config = run.model, run.config
+    model, config, dataset = run.model, run.config, run.dataset
     seed = config.train.seed
-    images, labels = evaluation_split(run.dataset, "test", config.data.binarize, seed)
-    chosen = first_of_each_class(labels, num_images) if labels is not None else torch.arange(num_images)
-    x, y = images[chosen], None if labels is None else labels[chosen]
-    conditioned = isinstance(model, ConditionalVAE) and config.model.model == "cvae"
-    y_for_model = y if conditioned else None
-    paths = training_snapshot(model, x, y_for_model, out_dir, seed=seed)
-
+    split = "test" if "test" in dataset.splits else "valid"
+    images, labels = evaluation_split(dataset, split, config.data.binarize, seed)
+    figures = snapshot_figures(model, dataset, images, labels, seed, num_images)
+    model_labels = labels_for_model(model, labels)
     scatter_images = images[:max_scatter_points]
     scatter_labels = None if labels is None else labels[:max_scatter_points]
-    means = torch.cat([latent_means(model, batch, batch_labels if conditioned else None)
-                       for batch, batch_labels in evaluation_batches(scatter_images, scatter_labels, 1000)])
-    paths.append(save_figure(plots.latent_scatter(means, scatter_labels, latent_method, seed),
-                             out_dir / "latent_space.png"))
-    half = len(x) // 2
-    paths.append(save_figure(plots.interpolation_figure(model, x[:half], x[half:2 * half], 10,
-                                                        None if y_for_model is None else y_for_model[:half]),
-                             out_dir / "interpolation.png"))
-    most_active = means.double().var(0).argsort(descending=True)[:min(10, means.shape[1])].tolist()
-    paths.append(save_figure(plots.traversal_figure(model, x[:1], most_active,
-                                                    y=None if y_for_model is None else y_for_model[:1]),
-                             out_dir / "traversals.png"))
-    corrupted = torch.cat([salt_and_pepper(x[:half], 0.1, seed), masked_block(x[half:], 10, seed=seed)])
-    paths.append(save_figure(plots.denoising_figure(model, x, corrupted, y_for_model), out_dir / "denoising.png"))
-    if isinstance(model, ConditionalVAE):
-        paths.append(save_figure(plots.class_conditional_grid(model, seed=seed), out_dir / "class_conditional.png"))
-    elif model.z_dim == 2:
-        paths.append(save_figure(plots.manifold_grid(model), out_dir / "manifold.png"))
+    scatter_model_labels = None if model_labels is None else model_labels[:max_scatter_points]
+    means = torch.cat([latent_means(model, x, y)
+                       for x, y in evaluation_batches(scatter_images, scatter_model_labels, 1000)])
+    _draw(figures, "latent_space", lambda: plots.latent_scatter(means, scatter_labels, latent_method, seed))
+    image_shape = dataset.image_shape
+    if image_shape is not None:
+        chosen = _shown(images, labels, num_images)
+        x, y = images[chosen], None if model_labels is None else model_labels[chosen]
+        half = len(x) // 2
+        _draw(figures, "interpolation", lambda: plots.interpolation_figure(
+            model, x[:half], x[half:2 * half], 10, None if y is None else y[:half], image_shape))
+        most_active = means.double().var(0).argsort(descending=True)[:min(10, means.shape[1])].tolist()
+        _draw(figures, "traversals", lambda: plots.traversal_figure(
+            model, x[:1], most_active, y=None if y is None else y[:1], image_shape=image_shape))
+        corrupted = torch.cat([salt_and_pepper(x[:half], 0.1, seed), masked_block(x[half:], 10, image_shape, seed)])
+        _draw(figures, "denoising", lambda: plots.denoising_figure(model, x, corrupted, y, image_shape))
+        if hasattr(model, "num_classes"):
+            _draw(figures, "class_conditional", lambda: plots.class_conditional_grid(
+                model, seed=seed, x_dim=dataset.x_dim, image_shape=image_shape))
+        elif means.shape[1] == 2:
+            _draw(figures, "manifold", lambda: plots.manifold_grid(model, image_shape=image_shape))
     metrics_path = run_dir / METRICS_FILE
     if metrics_path.is_file():
         records = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
-        if records:
-            paths.append(save_figure(plots.training_curves(records), out_dir / "training_curves.png"))
-    return paths
+        _draw(figures, "training_curves", lambda: plots.training_curves(records))
+    return write_figures(figures, run_dir, out_dir=out_dir)
