@@ -234,8 +234,11 @@ def run_sample(args: argparse.Namespace) -> None:
     from pyro_vae.viz.plots import samples_figure  # matplotlib costs 0.65 s of start-up; only this command needs it
 
     run = load_run(args.run_dir, args.device)
+    if run.dataset.image_shape is None:
+        raise cfg.ConfigError(f"{args.run_dir} models datapoints of shape {tuple(run.dataset.shape)}, not images; draw "
+                              "samples in Python (the model's trace on placeholder data gives p(x|z), z ~ p(z))")
     try:
-        figure = samples_figure(run.model, args.num, args.label, args.seed)
+        figure = samples_figure(run.model, args.num, args.label, args.seed, run.dataset.x_dim, run.dataset.image_shape)
     except ValueError as error:
         raise cfg.ConfigError(str(error)) from None
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -101,7 +101,10 @@ def check_model(model: Any) -> None:
 
 def constructor_parameters(cls: type) -> tuple[set[str], bool]:
     """The keyword names ``cls(...)`` accepts, and whether it takes any (``**kwargs``)."""
-    parameters = inspect.signature(cls).parameters.values()
+    try:
+        parameters = inspect.signature(cls).parameters.values()
+    except (TypeError, ValueError):  # a class implemented in C: its arguments are unknown
+        return set(), True
     names = {p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
     return names, any(p.kind is p.VAR_KEYWORD for p in parameters)
 
@@ -115,6 +118,9 @@ def build_model(target: str, **args: Any) -> nn.Module:
     """Build the model ``target`` (a registered name or ``module:Class``) with keyword ``args``;
     the result remembers both, so a run trained on it records how to rebuild it."""
     cls = import_model_class(target)
+    if not issubclass(cls, nn.Module):
+        raise ModelContractError(f"{cls.__name__} is not a torch.nn.Module; derive it from nn.Module or PyroModule so "
+                                 "its parameters can be trained and checkpointed")
     names, any_keyword = constructor_parameters(cls)
     unknown = sorted(set(args) - names) if not any_keyword else []
     if unknown:

@@ -85,8 +85,16 @@ class ConvDecoder(nn.Module):
         return self.upsample(features).reshape(*z.shape[:-1], 28 * 28)
 
 
+def check_sizes(**sizes: int) -> None:
+    """Raise a ValueError naming the first size that is not a positive integer."""
+    for name, size in sizes.items():
+        if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {size!r}")
+
+
 def build_encoder_decoder(arch: str, x_dim: int, hidden_dim: int, z_dim: int) -> tuple[nn.Module, nn.Module]:
     """The encoder and decoder of architecture ``"mlp"`` or ``"conv"`` (28x28 images only)."""
+    check_sizes(x_dim=x_dim, hidden_dim=hidden_dim, z_dim=z_dim)
     if arch == "mlp":
         return MLPEncoder(x_dim, hidden_dim, z_dim), MLPDecoder(z_dim, hidden_dim, x_dim)
     if arch == "conv":

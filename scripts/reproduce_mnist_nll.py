@@ -15,7 +15,7 @@ import logging
 import sys
 from pathlib import Path
 
-from pyro_vae import DataConfig, ModelConfig, RunConfig, TrainConfig, fit
+from pyro_vae import DataConfig, ModelConfig, RunConfig, TrainConfig, fit_config
 from pyro_vae.runs.run_dir import estimate_run
 
 # Published test NLL (nats) of one-stochastic-layer models on MNIST.
@@ -31,7 +31,7 @@ def set_ups(args: argparse.Namespace) -> dict[str, RunConfig]:
         return RunConfig(
             data=DataConfig(dataset=args.dataset, data_dir=args.data_dir, binarize=args.binarize,
                             download=not args.no_download),
-            model=ModelConfig(hidden_dim=args.hidden_dim, z_dim=args.z_dim),
+            model=ModelConfig("vae", {"hidden_dim": args.hidden_dim, "z_dim": args.z_dim}),
             train=TrainConfig(objective=objective, num_particles=num_particles, epochs=args.epochs,
                               batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device),
         )
@@ -84,7 +84,7 @@ def main() -> int:
         if args.only and not name.lower().startswith(args.only):
             continue
         run_dir = args.out / name.split()[0].lower()
-        fit(config, run_dir, overwrite=True, progress=False)
+        fit_config(config, run_dir, overwrite=True, progress=False)
         summary, _ = estimate_run(run_dir, "test", num_samples=args.num_samples, device=args.device, progress=False)
         (run_dir / "test_estimate.json").write_text(json.dumps(summary, indent=2) + "\n")
         results[name] = summary

@@ -19,8 +19,8 @@ import statistics
 import sys
 from pathlib import Path
 
-from pyro_vae import DataConfig, ModelConfig, RunConfig, TrainConfig, fit, load_run
-from pyro_vae.runs.config import LABELLED_WEIGHTINGS
+from pyro_vae import DataConfig, ModelConfig, RunConfig, TrainConfig, fit_config, load_run
+from pyro_vae.models.semisupervised import LABELLED_WEIGHTINGS
 from pyro_vae.viz.plots import accuracy_vs_labels, class_conditional_grid
 
 # Published MNIST test error (%) by number of labels.
@@ -43,11 +43,10 @@ def confidence_interval(values: list[float]) -> tuple[float, float]:
 
 def run_config(args: argparse.Namespace, num_labels: int, seed: int) -> RunConfig:
     return RunConfig(
-        data=DataConfig(dataset=args.dataset, data_dir=args.data_dir, download=not args.no_download,
-                        labels=num_labels),
-        model=ModelConfig(model="ssvae", hidden_dim=args.hidden_dim, z_dim=args.z_dim),
+        data=DataConfig(dataset=args.dataset, data_dir=args.data_dir, download=not args.no_download),
+        model=ModelConfig("ssvae", {"hidden_dim": args.hidden_dim, "z_dim": args.z_dim, "labels": num_labels,
+                                    "aux_weight": args.aux_weight, "labelled_weighting": args.labelled_weighting}),
         train=TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=seed,
-                          aux_weight=args.aux_weight, labelled_weighting=args.labelled_weighting,
                           device=args.device),
     )
 
@@ -59,7 +58,7 @@ def test_error(args: argparse.Namespace, num_labels: int, seed: int) -> float:
     summary_path = run_dir / "summary.json"
     if not summary_path.is_file():
         interrupted = (run_dir / "checkpoints" / "last.pt").is_file()
-        fit(run_config(args, num_labels, seed), run_dir, resume=interrupted, overwrite=not interrupted,
+        fit_config(run_config(args, num_labels, seed), run_dir, resume=interrupted, overwrite=not interrupted,
             progress=False)
     return 100 * (1 - json.loads(summary_path.read_text())["test"]["accuracy"])
 
@@ -104,8 +103,8 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=50)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--aux-weight", type=float, default=TrainConfig.aux_weight)
-    parser.add_argument("--labelled-weighting", choices=LABELLED_WEIGHTINGS, default=TrainConfig.labelled_weighting)
+    parser.add_argument("--aux-weight", type=float, default=50.0)
+    parser.add_argument("--labelled-weighting", choices=LABELLED_WEIGHTINGS, default="batch")
     parser.add_argument("--hidden-dim", type=int, default=400)
     parser.add_argument("--z-dim", type=int, default=50)
     parser.add_argument("--device", default="auto")

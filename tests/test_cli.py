@@ -10,6 +10,7 @@ import time
 import pytest
 import torch
 
+from pyro_vae import RunConfig
 from pyro_vae.runs.checkpoint import load_checkpoint
 
 
@@ -30,7 +31,7 @@ def test_train_one_epoch_on_the_sample_writes_the_run_directory(tmp_path):
                                                      "summary.json"]
     assert sorted(p.name for p in (run / "figures").iterdir()) == ["reconstructions.png", "samples.png"]
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.pt", "last.pt"]
-    assert json.loads((run / "config.json").read_text())["model"]["z_dim"] == 8
+    assert json.loads((run / "config.json").read_text())["model"]["args"]["z_dim"] == 8
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 1
 
     resumed = pyro_vae("train", "--out", "run", "--resume", "--epochs", "2", "--no-progress", cwd=tmp_path)
@@ -68,11 +69,17 @@ def test_default_dataset_without_mnist_uses_the_sample_with_a_notice(tmp_path):
         (["--dataset", "cifar"], "--dataset: invalid choice: 'cifar'"),
         (["--dataset", "mnist", "--no-download"], "mnist not found in"),
         (["--likelihood", "gaussian", "--binarize", "static"], "use --binarize none"),
-        (["--gaussian-scale", "0.1"], "--gaussian-scale applies only to --likelihood gaussian"),
+        (["--gaussian-scale", "0.1"], "gaussian_scale (--gaussian-scale) is a positive pixel std of likelihood 'gaussian'"),
         (["--resume"], "--resume needs --out"),
-        (["--model", "ssvae"], "--model ssvae needs --labels N"),
+        (["--model", "ssvae"], "SSVAE trains semi-supervised and needs labels=N"),
         (["--model", "ssvae", "--labels", "105", "--dataset", "mnist-sample"], "use a multiple of 10"),
-        (["--labels", "100"], "--labels chooses the labelled subset of --model ssvae"),
+        (["--labels", "100"], "--labels: VAE accepts no argument 'labels'"),
+        (["--model", "nowhere.models:MyVAE"], "cannot import module 'nowhere.models'"),
+        (["--model", "vae", "--model-arg", "df=3"], "--model-arg df: VAE accepts no argument 'df'"),
+        (["--model", "torch.nn:Linear"], "Linear() failed"),
+        (["--model", "collections:OrderedDict"], "OrderedDict is not a torch.nn.Module"),
+        (["--model", "torch.nn:Identity"], "Identity has no model and no guide method"),
+        (["--model-arg", "z_dim"], "expected NAME=VALUE"),
         (["--model", "ssvae", "--labels", "100", "--aux-weight", "-1"], "--aux-weight: must be >= 0, got -1.0"),
     ],
 )
@@ -86,9 +93,12 @@ def test_bad_input_is_one_clear_line_and_a_nonzero_exit(tmp_path, args, message)
 
 
 def test_resume_refuses_changed_settings(tmp_path):
-    result = pyro_vae("train", "--out", "run", "--resume", "--lr", "0.1", cwd=tmp_path)
+    (tmp_path / "run").mkdir()
+    RunConfig().save(tmp_path / "run" / "config.json")
+    result = pyro_vae("train", "--out", "run", "--resume", "--lr", "0.1", "--z-dim", "3", cwd=tmp_path)
     assert result.returncode == 2
-    assert "drop --lr or start a new run" in result.stderr
+    assert "--lr 0.1 (the run has 0.001)" in result.stderr
+    assert "drop them or start a new run" in result.stderr
 
 
 def test_evaluate_of_a_missing_run_names_the_directory(tmp_path):
@@ -113,7 +123,8 @@ def test_sigkill_mid_training_then_resume_matches_an_uninterrupted_run(tmp_path)
     process.send_signal(signal.SIGKILL)  # somewhere in epoch 2
     process.wait()
     assert process.returncode == -signal.SIGKILL
-    resumed = pyro_vae("train", "--out", "killed", "--resume", "--no-progress", cwd=tmp_path)
+    # the same command with --resume appended: settings equal to the run's own are accepted
+    resumed = pyro_vae("train", *settings, "--epochs", "3", "--out", "killed", "--resume", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     straight = pyro_vae("train", *settings, "--epochs", "3", "--out", "straight", cwd=tmp_path)
     assert straight.returncode == 0, straight.stderr

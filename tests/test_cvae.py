@@ -11,7 +11,7 @@ from pyro import poutine
 from pyro.infer import Trace_ELBO
 from torch.nn import functional as F
 
-from pyro_vae import ConditionalVAE, DataConfig, ModelConfig, RunConfig, TrainConfig, estimate_run, fit, load_dataset
+from pyro_vae import build_model, ConditionalVAE, DataConfig, ModelConfig, RunConfig, TrainConfig, estimate_run, fit_config, load_dataset
 from pyro_vae.cli import main
 from pyro_vae.runs.config import ConfigError
 from pyro_vae.runs.run_dir import load_run
@@ -56,9 +56,8 @@ def test_labels_are_required_and_checked(binary_batch):
 
 
 def test_cvae_rejects_settings_it_does_not_have():
-    config = RunConfig(model=ModelConfig(model="cvae", arch="conv"))
-    with pytest.raises(ConfigError, match="--model cvae supports only --arch mlp"):
-        config.validate()
+    with pytest.raises(ConfigError, match="ConditionalVAE accepts no argument 'arch'"):
+        build_model("cvae", arch="conv")
 
 
 def _train_small_classifier(images, labels, epochs=60):
@@ -77,9 +76,9 @@ def _train_small_classifier(images, labels, epochs=60):
 def test_samples_show_the_requested_class(tmp_path):
     # A 2-dimensional style leaves the class to y after a short run (chance agreement is 10%).
     config = RunConfig(data=DataConfig(dataset="mnist-sample", download=False),
-                       model=ModelConfig(model="cvae", hidden_dim=200, z_dim=2),
+                       model=ModelConfig("cvae", {"hidden_dim": 200, "z_dim": 2}),
                        train=TrainConfig(epochs=10, device="cpu"))
-    fit(config, tmp_path / "run", progress=False)
+    fit_config(config, tmp_path / "run", progress=False)
     cvae = load_run(tmp_path / "run").model
     data = load_dataset("mnist-sample")
     judge = _train_small_classifier(data.train_images, data.train_labels)

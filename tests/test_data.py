@@ -9,7 +9,7 @@ import torch
 from conftest import write_amat, write_fake_mnist, write_idx
 from pyro_vae.data.batches import EpochBatches, fixed_binarization, resolve_binarization
 from pyro_vae.runs.config import DataConfig
-from pyro_vae.data.datasets import DatasetUnavailable, load_dataset
+from pyro_vae.data.datasets import as_dataset, DatasetUnavailable, load_dataset
 from pyro_vae.data.formats import DataFileError, read_amat, read_idx
 from pyro_vae.data.resolve import load_run_data
 
@@ -128,29 +128,64 @@ def test_bundled_sample_is_real_labelled_mnist():
 
 def test_auto_dataset_falls_back_to_the_sample_with_a_notice(tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
-        dataset, resolved = load_run_data(DataConfig(data_dir=str(tmp_path), download=False), "bernoulli", 0, "cpu")
+        dataset, resolved = load_run_data(DataConfig(data_dir=str(tmp_path), download=False), 0, "cpu")
     assert dataset.name == resolved.dataset == "mnist-sample"
-    assert resolved.binarize == "dynamic" and resolved.valid_size == len(dataset.valid_images)
+    assert resolved.valid_size == len(dataset.valid_images) and resolved.shape == [1, 28, 28]
     assert "using the bundled mnist-sample" in caplog.text
 
 
 def test_auto_dataset_prefers_mnist_when_present(tmp_path):
     write_fake_mnist(tmp_path)
-    dataset, resolved = load_run_data(DataConfig(data_dir=str(tmp_path), download=False), "bernoulli", 0, "cpu")
+    dataset, resolved = load_run_data(DataConfig(data_dir=str(tmp_path), download=False), 0, "cpu")
     assert resolved.dataset == "mnist" and len(dataset.test_images) == 20
 
 
 def test_explicit_dataset_never_falls_back(tmp_path):
     with pytest.raises(DatasetUnavailable):
-        load_run_data(DataConfig(dataset="mnist", data_dir=str(tmp_path), download=False), "bernoulli", 0, "cpu")
+        load_run_data(DataConfig(dataset="mnist", data_dir=str(tmp_path), download=False), 0, "cpu")
 
 
 def test_bernoulli_refuses_grey_data_without_binarization():
-    assert resolve_binarization("auto", "bernoulli", data_is_binary=False) == "dynamic"
-    assert resolve_binarization("auto", "bernoulli", data_is_binary=True) == "none"
-    assert resolve_binarization("auto", "gaussian", data_is_binary=False) == "none"
+    assert resolve_binarization("auto", True, data_is_binary=False, data_in_unit_interval=True) == "dynamic"
+    assert resolve_binarization("auto", True, data_is_binary=True, data_in_unit_interval=True) == "none"
+    assert resolve_binarization("auto", False, data_is_binary=False, data_in_unit_interval=True) == "none"
     with pytest.raises(DataFileError, match="--binarize dynamic"):
-        resolve_binarization("none", "bernoulli", data_is_binary=False)
+        resolve_binarization("none", True, data_is_binary=False, data_in_unit_interval=True)
+
+
+def test_data_outside_the_unit_interval_is_never_binarized():
+    assert resolve_binarization("auto", True, data_is_binary=False, data_in_unit_interval=False) == "none"
+    with pytest.raises(DataFileError, match="values outside"):
+        resolve_binarization("dynamic", True, data_is_binary=False, data_in_unit_interval=False)
+
+
+def test_any_data_becomes_a_dataset_with_its_shape_and_a_seeded_validation_split():
+    points = torch.randn(60, 2)
+    dataset = as_dataset(points, valid_size=12, seed=3)
+    assert dataset.shape == (2,) and dataset.image_shape is None and dataset.splits == ("train", "valid")
+    assert (len(dataset.train_images), len(dataset.valid_images)) == (48, 12)
+    assert torch.equal(torch.cat([dataset.train_images, dataset.valid_images]).sort(0).values, points.sort(0).values)
+    again = as_dataset(points, valid_size=12, seed=3)
+    assert torch.equal(again.valid_images, dataset.valid_images)
+
+    images = torch.rand(30, 28, 28)
+    labels = torch.arange(30) % 10
+    pairs = torch.utils.data.TensorDataset(images, labels)
+    from_pairs = as_dataset(pairs, valid=(images[:5], labels[:5]), test=torch.utils.data.DataLoader(pairs, 7))
+    assert from_pairs.shape == (28, 28) and from_pairs.image_shape == (28, 28)
+    assert from_pairs.train_images.shape == (30, 784) and torch.equal(from_pairs.train_labels, labels)
+    assert torch.equal(from_pairs.test_images, images.reshape(30, 784)) and from_pairs.splits[-1] == "test"
+
+
+@pytest.mark.parametrize("data, message", [
+    ([1, 2, 3], "expected a tensor, a pair"),
+    (torch.tensor([[0.0, float("nan")]] * 10), "NaN or infinite"),
+    ((torch.rand(10, 3), torch.rand(10)), "labels must be one integer per datapoint"),
+    (torch.rand(10), "expected datapoints along the first dimension"),
+])
+def test_bad_data_is_refused_with_the_problem_named(data, message):
+    with pytest.raises(ValueError, match=message):
+        as_dataset(data)
 
 
 def test_dynamic_binarization_redraws_each_epoch_reproducibly():

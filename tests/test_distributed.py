@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from pyro_vae import ModelConfig, TrainConfig, build_model, load_dataset
+from pyro_vae import TrainConfig, build_model, load_dataset
 from pyro_vae.data.batches import EpochBatches
 from pyro_vae.runs.checkpoint import load_checkpoint
 from pyro_vae.training.distributed import (Replicas, ReplicasOutOfSync, ShardedBatches, check_replicas_in_sync,
@@ -63,7 +63,7 @@ def _first_step_gradients(replicas: Replicas, images: torch.Tensor) -> dict[str,
     """Gradients of one training step on one global batch, with the reparameterization noise of each
     image fixed (so one process and two can be compared exactly)."""
     torch.manual_seed(0)
-    model = build_model(ModelConfig(hidden_dim=32, z_dim=Z_DIM))
+    model = build_model("vae", hidden_dim=32, z_dim=Z_DIM)
     loss_module = NegativeELBO(model, make_objective("elbo"))
     noise = torch.randn(GLOBAL_BATCH, Z_DIM, generator=torch.Generator().manual_seed(1))
     rank_noise = noise.tensor_split(replicas.world_size)[replicas.rank]
@@ -83,7 +83,7 @@ def _first_step_gradients(replicas: Replicas, images: torch.Tensor) -> dict[str,
 def _trained_model(replicas: Replicas, images: torch.Tensor) -> torch.nn.Module:
     """Parameters after an epoch of Adam steps, each rank drawing its own sampling noise."""
     torch.manual_seed(0)
-    model = build_model(ModelConfig(hidden_dim=32, z_dim=Z_DIM))
+    model = build_model("vae", hidden_dim=32, z_dim=Z_DIM)
     loss_module = NegativeELBO(model, make_objective("elbo"))
     batches = ShardedBatches(EpochBatches(images, None, 64, "dynamic", seed=5), replicas, loss_module.num_images)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
@@ -133,7 +133,7 @@ def test_two_process_first_step_gradients_equal_the_one_process_gradients(two_ra
 
 def test_ranks_hold_identical_parameters_after_training(two_rank_results):
     first, second = (result["parameters"] for result in two_rank_results)
-    untrained = (torch.manual_seed(0), build_model(ModelConfig(hidden_dim=32, z_dim=Z_DIM)).state_dict())[1]
+    untrained = (torch.manual_seed(0), build_model("vae", hidden_dim=32, z_dim=Z_DIM).state_dict())[1]
     for name, value in first.items():
         assert torch.equal(second[name], value)
         assert not torch.equal(untrained[name], value)
@@ -159,7 +159,7 @@ def test_torchrun_writes_one_run_and_resumes_like_an_uninterrupted_run(tmp_path)
     straight = torchrun(*SETTINGS, "--epochs", "2", "--out", "straight", cwd=tmp_path)
     assert straight.returncode == 0, straight.stderr
     assert straight.stdout.count("run directory: straight") == 1
-    assert "data-parallel over 2 processes (gloo): 64 images per rank per step, global batch 128" in straight.stdout
+    assert "data-parallel over 2 processes (gloo): 64 datapoints per rank per step, global batch 128" in straight.stdout
     assert sorted(p.name for p in tmp_path.iterdir()) == ["straight"]
     assert sorted(p.name for p in (tmp_path / "straight").iterdir()) == [
         "checkpoints", "config.json", "figures", "metrics.jsonl", "summary.json"]

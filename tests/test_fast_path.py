@@ -6,7 +6,7 @@ import logging
 import pytest
 import torch
 
-from pyro_vae import DataConfig, ModelConfig, RunConfig, TrainConfig, fit
+from pyro_vae import DataConfig, ModelConfig, RunConfig, TrainConfig, fit_config
 from pyro_vae.training.fast_path import compile_networks, make_adam, networks_of
 from pyro_vae.models import VAE
 from pyro_vae.inference.objectives import NegativeELBO, make_objective
@@ -63,10 +63,10 @@ def test_compilation_failure_leaves_the_model_eager_and_says_why(binary_batch, m
 def test_training_with_fast_falls_back_and_finishes_when_compilation_fails(tmp_path, monkeypatch, caplog):
     monkeypatch.setattr(torch, "compile", lambda function, *a, **k: (_ for _ in ()).throw(RuntimeError("no backend")))
     config = RunConfig(data=DataConfig(dataset="mnist-sample", valid_size=500, download=False),
-                       model=ModelConfig(hidden_dim=32, z_dim=4),
+                       model=ModelConfig("vae", {"hidden_dim": 32, "z_dim": 4}),
                        train=TrainConfig(epochs=1, batch_size=100, device="cpu", compile=True))
     with caplog.at_level(logging.WARNING):
-        result = fit(config, tmp_path / "run", progress=False)
+        result = fit_config(config, tmp_path / "run", progress=False)
     assert "training continues without compilation" in caplog.text
     assert result.test["elbo"] < 0 and (tmp_path / "run" / "checkpoints" / "best.pt").is_file()
 

@@ -9,9 +9,9 @@ from nbclient import NotebookClient
 NOTEBOOKS = sorted((Path(__file__).parents[1] / "notebooks").glob("*.ipynb"))
 
 
-def test_the_four_tutorials_are_there():
+def test_the_five_tutorials_are_there():
     assert [path.stem for path in NOTEBOOKS] == ["01_vae_walkthrough", "02_conditional_vae", "03_semisupervised_m2",
-                                                 "04_estimating_log_likelihoods"]
+                                                 "04_estimating_log_likelihoods", "05_your_own_model"]
 
 
 def test_notebooks_are_committed_without_outputs():

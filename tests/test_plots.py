@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from conftest import write_fake_mnist
-from pyro_vae import DataConfig, ModelConfig, RunConfig, TrainConfig, fit, load_run
+from pyro_vae import DataConfig, ModelConfig, RunConfig, TrainConfig, fit_config, load_run
 from pyro_vae.viz import plots
 from pyro_vae.runs.config import ConfigError
 from pyro_vae.data.corruption import masked_block, salt_and_pepper
-from pyro_vae.models import latent_means
+from pyro_vae.inference.evaluate import latent_means
 from pyro_vae.viz.run_figures import first_of_each_class, write_run_figures
 from pyro_vae.runs.run_dir import write_embeddings
 from pyro_vae.applications.scoring import auroc
@@ -26,8 +26,9 @@ def canvas(figure):
 
 
 def tiny_config(model="vae", z_dim=2, labels=None, epochs=1):
-    return RunConfig(data=DataConfig(dataset="mnist-sample", valid_size=500, download=False, labels=labels),
-                     model=ModelConfig(model=model, hidden_dim=32, z_dim=z_dim),
+    args = {"hidden_dim": 32, "z_dim": z_dim, **({} if labels is None else {"labels": labels})}
+    return RunConfig(data=DataConfig(dataset="mnist-sample", valid_size=500, download=False),
+                     model=ModelConfig(model, args),
                      train=TrainConfig(epochs=epochs, batch_size=100, device="cpu"))
 
 
@@ -35,9 +36,9 @@ def tiny_config(model="vae", z_dim=2, labels=None, epochs=1):
 def runs(tmp_path_factory):
     """Run directories of a VAE (2-D latent, 2 epochs, a figure snapshot every epoch), a CVAE and M2."""
     root = tmp_path_factory.mktemp("runs")
-    fit(tiny_config(epochs=2), root / "vae", progress=False, plot_every=1)
-    fit(tiny_config("cvae", z_dim=4), root / "cvae", progress=False)
-    fit(tiny_config("ssvae", z_dim=4, labels=100), root / "ssvae", progress=False)
+    fit_config(tiny_config(epochs=2), root / "vae", progress=False, plot_every=1)
+    fit_config(tiny_config("cvae", z_dim=4), root / "cvae", progress=False)
+    fit_config(tiny_config("ssvae", z_dim=4, labels=100), root / "ssvae", progress=False)
     return root
 
 
@@ -66,7 +67,7 @@ def test_reconstructions_put_inputs_over_their_reconstructions(runs, test_images
 def test_conditional_figures_need_or_infer_labels(runs, test_images):
     x, y = test_images
     cvae, m2 = load_run(runs / "cvae").model, load_run(runs / "ssvae").model
-    with pytest.raises(ValueError, match="pass the images' labels y"):
+    with pytest.raises(ValueError, match="given its label y; pass y"):
         plots.reconstructions_figure(cvae, x)
     assert canvas(plots.reconstructions_figure(cvae, x, y)).shape == (56, 6 * 28)
     assert canvas(plots.reconstructions_figure(m2, x)).shape == (56, 6 * 28)  # labels from q(y|x)
@@ -94,7 +95,7 @@ def test_samples_manifold_interpolation_traversals_and_denoising_have_their_grid
 
 def test_figures_refuse_what_they_cannot_draw(runs, test_images):
     x, _ = test_images
-    with pytest.raises(ValueError, match="needs a VAE with a 2-D latent"):
+    with pytest.raises(ValueError, match="needs an unconditional model with a 2-D latent"):
         plots.manifold_grid(load_run(runs / "cvae").model)
     model = load_run(runs / "vae").model
     with pytest.raises(ValueError, match=r"latent dimensions \[5\] do not exist; use 0..1"):
@@ -243,7 +244,7 @@ def test_tensorboard_logs_every_epoch_metric_and_the_training_figures(tmp_path, 
     fake = type(sys)("torch.utils.tensorboard")
     fake.SummaryWriter = RecordingWriter
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", fake)
-    fit(tiny_config(epochs=2), tmp_path / "run", progress=False, plot_every=2, tensorboard=True)
+    fit_config(tiny_config(epochs=2), tmp_path / "run", progress=False, plot_every=2, tensorboard=True)
     writer = RecordingWriter.instances[-1]
     assert writer.log_dir == str(tmp_path / "run" / "tensorboard") and writer.closed
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
@@ -258,5 +259,5 @@ def test_tensorboard_logs_every_epoch_metric_and_the_training_figures(tmp_path, 
 def test_tensorboard_without_the_package_is_refused_before_anything_is_written(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
     with pytest.raises(ConfigError, match=r"--tensorboard needs the tensorboard package; install it with pip install"):
-        fit(tiny_config(), tmp_path / "run", progress=False, tensorboard=True)
+        fit_config(tiny_config(), tmp_path / "run", progress=False, tensorboard=True)
     assert not (tmp_path / "run").exists()

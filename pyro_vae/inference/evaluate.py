@@ -9,38 +9,11 @@ import pyro
 import torch
 from pyro import poutine
 from pyro.distributions.kl import kl_divergence
-from pyro.poutine.util import prune_subsample_sites
 from torch import nn
 from tqdm.auto import tqdm
 
 from pyro_vae.data.batches import evaluation_batches
-
-
-def trace_particles(model, guide, x: torch.Tensor, y: torch.Tensor | None, num_particles: int):
-    """Traces of ``guide`` and of ``model`` replayed on it, ``num_particles`` draws vectorized by a
-    plate at dim -2 (models put their data plate at dim -1).
-
-    Plates' own subsample sites are pruned; every sample site's ``log_prob`` has shape
-    (num_particles, batch).
-    """
-    with pyro.plate("particles", num_particles, dim=-2):
-        guide_trace = poutine.trace(guide).get_trace(x, y)
-        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(x, y)
-    guide_trace, model_trace = prune_subsample_sites(guide_trace), prune_subsample_sites(model_trace)
-    guide_trace.compute_log_prob()
-    model_trace.compute_log_prob()
-    return model_trace, guide_trace
-
-
-def _sample_sites(trace) -> Iterable[tuple[str, dict]]:
-    return ((name, site) for name, site in trace.nodes.items() if site["type"] == "sample")
-
-
-def log_weights_from_traces(model_trace, guide_trace) -> torch.Tensor:
-    """log p(x, z) - log q(z|x) per particle and datapoint, from traces of :func:`trace_particles`."""
-    log_joint = sum(site["unscaled_log_prob"] for _, site in _sample_sites(model_trace))
-    log_guide = sum(site["unscaled_log_prob"] for _, site in _sample_sites(guide_trace))
-    return log_joint - log_guide
+from pyro_vae.inference.traces import log_weights_from_traces, sample_sites, trace_particles
 
 
 @torch.no_grad()
@@ -57,11 +30,11 @@ def elbo_terms(
     """
     model_trace, guide_trace = trace_particles(model_obj.model, model_obj.guide, x, y, num_particles)
     reconstruction = sum(
-        site["unscaled_log_prob"] for _, site in _sample_sites(model_trace) if site["is_observed"]
+        site["unscaled_log_prob"] for _, site in sample_sites(model_trace) if site["is_observed"]
     ).mean(0)
     kl_monte_carlo = torch.zeros_like(reconstruction)
     kl = torch.zeros_like(reconstruction)
-    for name, guide_site in _sample_sites(guide_trace):
+    for name, guide_site in sample_sites(guide_trace):
         model_site = model_trace.nodes[name]
         site_kl = (guide_site["unscaled_log_prob"] - model_site["unscaled_log_prob"]).mean(0)
         kl_monte_carlo = kl_monte_carlo + site_kl

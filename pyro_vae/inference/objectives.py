@@ -15,7 +15,7 @@ from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 from pyro.poutine.messenger import Messenger
 from torch import nn
 
-from pyro_vae.inference.evaluate import log_weights_from_traces, trace_particles
+from pyro_vae.inference.traces import log_weights_from_traces, trace_particles
 
 
 def _terms_from_traces(traces: list, num_particles: int) -> tuple[torch.Tensor, torch.Tensor]:

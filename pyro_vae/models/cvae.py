@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from pyro_vae.nets import MLPDecoder, MLPEncoder
+from pyro_vae.nets import MLPDecoder, MLPEncoder, check_sizes
 
 
 def _concat_broadcast(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -40,6 +40,7 @@ class ConditionalVAE(nn.Module):
 
     def __init__(self, x_dim: int = 784, z_dim: int = 50, hidden_dim: int = 400, num_classes: int = 10) -> None:
         super().__init__()
+        check_sizes(x_dim=x_dim, z_dim=z_dim, hidden_dim=hidden_dim, num_classes=num_classes)
         self.x_dim, self.z_dim, self.num_classes = x_dim, z_dim, num_classes
         self.encoder = MLPEncoder(x_dim + num_classes, hidden_dim, z_dim)
         self.decoder = MLPDecoder(z_dim + num_classes, hidden_dim, x_dim)

@@ -46,6 +46,9 @@ class VAE(nn.Module):
         super().__init__()
         if likelihood not in ("bernoulli", "gaussian", "continuous-bernoulli"):
             raise ValueError(f"unknown likelihood {likelihood!r}; use bernoulli, gaussian or continuous-bernoulli")
+        if gaussian_scale is not None and (likelihood != "gaussian" or not gaussian_scale > 0):
+            raise ValueError(f"gaussian_scale (--gaussian-scale) is a positive pixel std of likelihood 'gaussian'; got "
+                             f"{gaussian_scale} with likelihood {likelihood!r}")
         self.x_dim, self.z_dim, self.likelihood = x_dim, z_dim, likelihood
         self.observes_binary_data = likelihood == "bernoulli"
         self.encoder, self.decoder = build_encoder_decoder(arch, x_dim, hidden_dim, z_dim)

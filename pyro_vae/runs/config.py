@@ -191,9 +191,16 @@ def config_differences(requested: RunConfig, saved: RunConfig, ignore: tuple[str
     for section, values in saved_values.items():
         for name, saved_value in values.items():
             requested_value = requested_values[section][name]
-            ignored = section in ignore or f"{section}.{name}" in ignore
-            if not ignored and not _same_setting(f"{section}.{name}", requested_value, saved_value):
-                differences.append(f"{section}.{name}: checkpoint {saved_value!r}, requested {requested_value!r}")
+            setting = f"{section}.{name}"
+            if section in ignore or setting in ignore:
+                continue
+            if isinstance(saved_value, dict) and isinstance(requested_value, dict):  # a model's arguments, by name
+                for key in sorted(set(saved_value) | set(requested_value)):
+                    saved_item, requested_item = saved_value.get(key, "unset"), requested_value.get(key, "unset")
+                    if saved_item != requested_item:
+                        differences.append(f"{setting}.{key}: checkpoint {saved_item!r}, requested {requested_item!r}")
+            elif not _same_setting(setting, requested_value, saved_value):
+                differences.append(f"{setting}: checkpoint {saved_value!r}, requested {requested_value!r}")
     return differences
 
 

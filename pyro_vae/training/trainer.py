@@ -120,7 +120,8 @@ def fit(model: nn.Module, data: Any, *, out: str | Path, valid: Any = None, test
     train = _train_config(settings)
     spec = model_spec(model)
     named = isinstance(data, Dataset) and data.name != "custom"
-    config = RunConfig(data=DataConfig(dataset=data.name if named else "custom", data_dir=data.source if named else "",
+    data_dir = str(Path(data.source).resolve()) if named and Path(data.source).exists() else ""
+    config = RunConfig(data=DataConfig(dataset=data.name if named else "custom", data_dir=data_dir,
                                        binarize=binarize, valid_size=valid_size, download=False),
                        model=ModelConfig(model=spec.target, args=spec.args), train=train)
     config.validate()
