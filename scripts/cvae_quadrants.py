@@ -88,7 +88,7 @@ def main() -> None:
             model = models[name] = build().to(device)
             logging.info("%d quadrant(s) observed, %s:", num_observed, name)
             fit = fit_quadrant_model(model, dataset.train_images, dataset.valid_images, observed,
-                                     args.out / f"quadrants{num_observed}" / f"{name}.pt", max_epochs=args.max_epochs,
+                                     args.out / f"quadrants{num_observed}" / name, max_epochs=args.max_epochs,
                                      patience=args.patience, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                                      kl_warmup_epochs=args.kl_warmup_epochs if name == "cvae" else 0)
             training_seconds = time.perf_counter() - started

@@ -102,7 +102,7 @@ def test_early_stopping_keeps_the_best_validation_epoch(tmp_path):
     data = load_dataset("mnist-sample")
     observed = observed_mask(2)
     cvae = StructuredOutputCVAE(~observed, hidden_dim=64, z_dim=4)
-    fit = fit_quadrant_model(cvae, data.train_images[:1000], data.valid_images[:300], observed, tmp_path / "cvae.pt",
+    fit = fit_quadrant_model(cvae, data.train_images[:1000], data.valid_images[:300], observed, tmp_path / "cvae",
                              max_epochs=4, patience=1, lr=3e-3)
     losses = [record["valid_loss"] for record in fit.history]
     assert fit.best_valid_loss == min(losses) and fit.history[fit.best_epoch - 1]["valid_loss"] == min(losses)
@@ -111,6 +111,6 @@ def test_early_stopping_keeps_the_best_validation_epoch(tmp_path):
     scores = conditional_log_likelihoods(cvae, inputs, outputs, num_samples=50)
     assert set(scores) == {"elbo", "importance_sampled", "prior_monte_carlo"}
     assert float(scores["importance_sampled"].mean()) >= float(scores["elbo"].mean())
-    checkpoint = load_checkpoint(tmp_path / "cvae.pt")
+    checkpoint = load_checkpoint(tmp_path / "cvae" / "checkpoints" / "best.pt")  # a run directory of the one loop
     assert checkpoint["epoch"] == fit.best_epoch
     assert all(torch.equal(value, cvae.state_dict()[key]) for key, value in checkpoint["model"].items())

@@ -125,7 +125,7 @@ def test_cvae_quadrants_writes_table_results_and_figure(tmp_path):
     for num_observed in ("1", "3"):
         cvae = results[num_observed]["cvae"]
         assert cvae["nll_importance_sampled"] <= cvae["nll_elbo"] + 1.0
-        assert (tmp_path / "quadrants" / f"quadrants{num_observed}" / "cvae.pt").is_file()
+        assert (tmp_path / "quadrants" / f"quadrants{num_observed}" / "cvae" / "checkpoints" / "best.pt").is_file()
     assert (tmp_path / "quadrants" / "completions.png").stat().st_size > 0
     again = run_script("cvae_quadrants.py", "--dataset", "mnist-sample", "--quadrants", "3", "--max-epochs", "1",
                        "--hidden-dim", "16", "--z-dim", "2", "--num-samples", "10", "--test-images", "40",

@@ -256,8 +256,8 @@ def test_early_stopping_ends_the_run_patience_epochs_after_the_best(tmp_path, mo
     real_score = ELBOPlan.score
     calls = []
 
-    def worse_after_epoch_2(plan, images, labels, batch_size):
-        scores = real_score(plan, images, labels, batch_size)
+    def worse_after_epoch_2(plan, split):
+        scores = real_score(plan, split)
         calls.append(None)
         epoch = len(calls)  # one validation score per epoch, then valid and test at the end
         return {**scores, "elbo": -100.0 - abs(epoch - 2)}

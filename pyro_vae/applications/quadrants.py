@@ -8,27 +8,27 @@ grey image per training epoch, one seeded draw for held-out splits), scored only
 
 from __future__ import annotations
 
+import json
 import logging
-import math
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from pyro_vae.data.batches import EpochBatches, fixed_binarization
-from pyro_vae.runs.checkpoint import load_checkpoint, save_checkpoint
-from pyro_vae.runs.config import TrainConfig
+from pyro_vae.data.datasets import as_dataset
 from pyro_vae.inference.evaluate import dataset_elbo_terms, dataset_log_likelihood
-from pyro_vae.models.structured_output import PriorProposal, StructuredOutputCVAE
-from pyro_vae.inference.objectives import NegativeELBO, make_objective
-from pyro_vae.training.trainer import train_steps
+from pyro_vae.models.structured_output import (MISSING, PriorProposal, QuadrantBatches, StructuredOutputCVAE,
+                                               evaluation_pairs, masked_inputs)
+from pyro_vae.runs.layout import METRICS_FILE
+from pyro_vae.training.trainer import fit
+
+__all__ = ["MISSING", "QUADRANT_ORDER", "QuadrantBatches", "QuadrantFit", "conditional_log_likelihoods",
+           "evaluation_pairs", "fit_quadrant_model", "masked_inputs", "observed_mask"]
 
 logger = logging.getLogger(__name__)
 
 QUADRANT_ORDER = ("bottom-left", "top-left", "top-right", "bottom-right")
-MISSING = -1.0
 
 
 def observed_mask(num_observed: int, side: int = 28) -> torch.Tensor:
@@ -47,39 +47,14 @@ def observed_mask(num_observed: int, side: int = 28) -> torch.Tensor:
     return mask.flatten()
 
 
-def masked_inputs(images: torch.Tensor, observed: torch.Tensor) -> torch.Tensor:
-    """The images with every unobserved pixel set to -1."""
-    return torch.where(observed.to(images.device), images, torch.full_like(images, MISSING))
-
-
-def evaluation_pairs(images: torch.Tensor, observed: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(inputs, outputs) of a held-out split: outputs are one seeded binarization of the grey images."""
-    return masked_inputs(images, observed), fixed_binarization(images, "dynamic", seed)
-
-
-class QuadrantBatches:
-    """Shuffled (inputs, outputs) training batches; outputs binarized afresh each epoch (dynamic)."""
-
-    def __init__(self, images: torch.Tensor, observed: torch.Tensor, batch_size: int, seed: int) -> None:
-        # The grey images ride along as "labels", so each batch has its binary draw and its grey source.
-        self._batches = EpochBatches(images, images, batch_size, "dynamic", seed)
-        self.observed = observed.to(images.device)
-
-    def __len__(self) -> int:
-        return len(self._batches)
-
-    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for binary, grey in self._batches.epoch(epoch):
-            yield masked_inputs(grey, self.observed), binary
-
-
 @dataclass
 class QuadrantFit:
-    """The epoch whose validation -ELBO was best (its weights are loaded) and the per-epoch history."""
+    """The epoch whose validation -ELBO was best (its weights are loaded), the per-epoch history and the run."""
 
     best_epoch: int
     best_valid_loss: float
     history: list[dict[str, float]] = field(default_factory=list)
+    run_dir: Path | None = None
 
 
 def fit_quadrant_model(
@@ -87,7 +62,7 @@ def fit_quadrant_model(
     train_images: torch.Tensor,
     valid_images: torch.Tensor,
     observed: torch.Tensor,
-    checkpoint_path: str | Path,
+    run_dir: str | Path,
     *,
     max_epochs: int = 30,
     patience: int = 3,
@@ -95,47 +70,29 @@ def fit_quadrant_model(
     lr: float = 1e-3,
     kl_warmup_epochs: int = 0,
     seed: int = 0,
-    valid_particles: int = 10,
     progress: bool = False,
 ) -> QuadrantFit:
-    """Train by SVI (Trace_ELBO, Adam) with early stopping on the validation -ELBO; never sees test.
+    """Train by SVI with :func:`pyro_vae.fit` (the model's :class:`StructuredOutputPlan`: Trace_ELBO,
+    Adam, outputs binarized afresh each epoch) with early stopping on the validation -ELBO; never
+    sees test. The run directory ``run_dir`` holds the checkpoints; the best epoch's weights are loaded.
 
-    The best epoch's weights are written to ``checkpoint_path`` (atomically) and loaded back.
     ``kl_warmup_epochs`` anneals the KL weight from 0 to 1 (Bowman et al., 2016) so that the
     recognition network learns to carry the target's information in z before z pays for it;
     validation always scores the full ELBO. Stops after ``patience`` epochs past the warm-up
     without improvement, or at ``max_epochs``.
     """
-    loss_module = NegativeELBO(model, make_objective("elbo"))
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    batches = QuadrantBatches(train_images, observed, batch_size, seed)
-    valid_inputs, valid_outputs = evaluation_pairs(valid_images, observed, seed + 1)
-    fit = QuadrantFit(best_epoch=0, best_valid_loss=math.inf)
-    step = 0
-    for epoch in range(1, max_epochs + 1):
-        model.train()
-        totals, first_nonfinite_step = train_steps(epoch, step, loss_module, optimizer, batches,
-                                                   TrainConfig(kl_warmup_epochs=kl_warmup_epochs), progress)
-        if not math.isinf(first_nonfinite_step.item()):
-            raise RuntimeError(f"training diverged in epoch {epoch} at step {int(first_nonfinite_step.item())}; "
-                               f"the best weights so far are in {checkpoint_path}; try a smaller learning rate")
-        step += len(batches)
-        model.eval()
-        valid_elbo = dataset_elbo_terms(model, valid_inputs, valid_outputs, num_particles=valid_particles)["elbo"]
-        record = {"epoch": epoch, "train_loss": loss_module.epoch_summary(totals.tolist())["loss"],
-                  "valid_loss": -valid_elbo.double().mean().item()}
-        fit.history.append(record)
-        improved = record["valid_loss"] < fit.best_valid_loss
-        if improved:
-            fit.best_epoch, fit.best_valid_loss = epoch, record["valid_loss"]
-            save_checkpoint({"model": model.state_dict(), "epoch": epoch, "history": fit.history}, checkpoint_path)
-        logger.info("  epoch %2d  train -ELBO %.2f  valid -ELBO %.2f%s", epoch, record["train_loss"],
-                    record["valid_loss"], "  *" if improved else "")
-        if epoch - max(fit.best_epoch, kl_warmup_epochs) >= patience:
-            break
-    model.load_state_dict(load_checkpoint(checkpoint_path, map_location=train_images.device)["model"])
-    model.eval()
-    return fit
+    if not torch.equal(observed.to(model.target_mask.device), ~model.target_mask):
+        raise ValueError("observed must be the complement of the model's target_mask")
+    data = as_dataset(train_images, valid=valid_images, device=train_images.device)
+    result = fit(model, data, out=run_dir, epochs=max_epochs, patience=patience, batch_size=batch_size, lr=lr,
+                 kl_warmup_epochs=kl_warmup_epochs, seed=seed, device=str(train_images.device.type),
+                 progress=progress, overwrite=True)
+    records = [json.loads(line) for line in (Path(run_dir) / METRICS_FILE).read_text().splitlines() if line.strip()]
+    history = [{"epoch": r["epoch"], "train_loss": r["train"]["loss"], "valid_loss": -r["valid"]["elbo"]}
+               for r in records]
+    best = history[result.best_epoch - 1]  # the score that chose it, not the summary's rescoring
+    return QuadrantFit(best_epoch=result.best_epoch, best_valid_loss=best["valid_loss"], history=history,
+                       run_dir=Path(run_dir))
 
 
 def conditional_log_likelihoods(

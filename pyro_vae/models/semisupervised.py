@@ -8,7 +8,7 @@ import torch
 from pyro.infer import Trace_ELBO, TraceEnum_ELBO, config_enumerate
 from torch import nn
 
-from pyro_vae.data.batches import evaluation_batches, fixed_binarization
+from pyro_vae.data.batches import evaluation_batches, evaluation_split, fixed_binarization
 from pyro_vae.data.datasets import Dataset
 from pyro_vae.runs.config import ConfigError, TrainConfig
 
@@ -211,7 +211,7 @@ class SemiSupervisedPlan:
             if value != supported:
                 raise ConfigError(f"{name} supports only {setting}={supported!r} (it trains with TraceEnum_ELBO, labels "
                                   f"enumerated), got {value!r}")
-        self.model = model
+        self.model, self.settings, self.dataset, self.binarize = model, settings, dataset, binarize
         labelled = balanced_labelled_indices(dataset.train_labels, labels, model.num_classes, settings.seed)
         self.batches = SemiSupervisedBatches(dataset.train_images, dataset.train_labels, labelled,
                                              settings.batch_size, binarize, settings.seed)
@@ -221,8 +221,10 @@ class SemiSupervisedPlan:
     def before_step(self, step: int, steps_per_epoch: int) -> None:
         """Nothing changes from step to step."""
 
-    def score(self, images: torch.Tensor, labels: torch.Tensor | None, batch_size: int) -> dict[str, float]:
-        return semisupervised_scores(self.loss_module, images, labels, batch_size)
+    def score(self, split: str) -> dict[str, float]:
+        """Accuracy of q(y|x) and the y-summed ELBO on ``split``, binarized once, seeded."""
+        images, labels = evaluation_split(self.dataset, split, self.binarize, self.settings.seed)
+        return semisupervised_scores(self.loss_module, images, labels, self.settings.eval_batch_size)
 
     @staticmethod
     def describe(record: dict) -> str:

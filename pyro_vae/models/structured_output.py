@@ -7,12 +7,80 @@ is the whole binary image, of which only the pixels in ``target_mask`` are score
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import Any
+
 import pyro
 import pyro.distributions as dist
 import torch
 from torch import nn
 
+from pyro_vae.data.batches import BINARIZATION_SEED_OFFSETS, EpochBatches, fixed_binarization
+from pyro_vae.data.datasets import Dataset
+from pyro_vae.inference.evaluate import dataset_elbo_terms
+from pyro_vae.inference.objectives import NegativeELBO, kl_weight_at, make_objective
 from pyro_vae.nets import MIN_SCALE
+from pyro_vae.runs.config import TrainConfig
+
+MISSING = -1.0  # the value of an unobserved input pixel
+
+
+def masked_inputs(images: torch.Tensor, observed: torch.Tensor) -> torch.Tensor:
+    """The images with every unobserved pixel set to -1."""
+    return torch.where(observed.to(images.device), images, torch.full_like(images, MISSING))
+
+
+def evaluation_pairs(images: torch.Tensor, observed: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(inputs, outputs) of a held-out split: outputs are one seeded binarization of the grey images."""
+    return masked_inputs(images, observed), fixed_binarization(images, "dynamic", seed)
+
+
+class QuadrantBatches:
+    """Shuffled (inputs, outputs) training batches; outputs binarized afresh each epoch (dynamic)."""
+
+    def __init__(self, images: torch.Tensor, observed: torch.Tensor, batch_size: int, seed: int) -> None:
+        # The grey images ride along as "labels", so each batch has its binary draw and its grey source.
+        self._batches = EpochBatches(images, images, batch_size, "dynamic", seed)
+        self.observed = observed.to(images.device)
+
+    def __len__(self) -> int:
+        return len(self._batches)
+
+    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for binary, grey in self._batches.epoch(epoch):
+            yield masked_inputs(grey, self.observed), binary
+
+
+class StructuredOutputPlan:
+    """Training of a structured-output model on grey images: each step the masked inputs and a fresh
+    binarization of the whole image as output; held-out splits scored on one seeded binarization
+    with ``VALID_PARTICLES`` samples, ``best.pt`` by validation ELBO of log p(y|x)."""
+
+    selection_metric = "elbo"
+    scored_splits = ("valid",)
+    VALID_PARTICLES = 10
+
+    def __init__(self, model: nn.Module, settings: TrainConfig, dataset: Dataset) -> None:
+        self.model, self.settings, self.dataset = model, settings, dataset
+        self.observed = ~model.target_mask
+        self.loss_module = NegativeELBO(model, make_objective("elbo"))
+        self.batches = QuadrantBatches(dataset.train_images, self.observed, settings.batch_size, settings.seed)
+
+    def before_step(self, step: int, steps_per_epoch: int) -> None:
+        self.loss_module.kl_weight = kl_weight_at(step, steps_per_epoch, 1.0, self.settings.kl_warmup_epochs)
+
+    def score(self, split: str) -> dict[str, float]:
+        inputs, outputs = evaluation_pairs(self.dataset.split(split)[0], self.observed,
+                                           self.settings.seed + BINARIZATION_SEED_OFFSETS[split])
+        terms = dataset_elbo_terms(self.model, inputs, outputs, batch_size=self.settings.eval_batch_size,
+                                   num_particles=self.VALID_PARTICLES)
+        return {key: value.double().mean().item() for key, value in terms.items()}
+
+    @staticmethod
+    def describe(record: dict[str, Any]) -> str:
+        return f"train -ELBO {record['train']['loss']:.2f}  valid -ELBO {-record['valid']['elbo']:.2f}"
+
+
 
 
 def _mlp(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Sequential:
@@ -34,7 +102,16 @@ class _GaussianNet(nn.Module):
 
 
 class _MaskedOutput(nn.Module):
-    """Holds the mask of scored pixels and builds the masked Bernoulli likelihood of y."""
+    """Holds the mask of scored pixels and builds the masked Bernoulli likelihood of y.
+
+    Trained on grey images by :class:`StructuredOutputPlan`, which binarizes the outputs itself.
+    """
+
+    observes_binary_data = False  # x are grey inputs; the plan draws the binary outputs y
+
+    def training_plan(self, settings: TrainConfig, dataset: Dataset, binarize: str) -> StructuredOutputPlan:
+        """Inputs masked from grey images, outputs binarized afresh each epoch (see the module docstring)."""
+        return StructuredOutputPlan(self, settings, dataset)
 
     def __init__(self, target_mask: torch.Tensor) -> None:
         super().__init__()

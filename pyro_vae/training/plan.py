@@ -15,7 +15,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from pyro_vae.data.batches import EpochBatches
+from pyro_vae.data.batches import EpochBatches, evaluation_split
 from pyro_vae.data.datasets import Dataset
 from pyro_vae.inference.evaluate import dataset_elbo_terms
 from pyro_vae.inference.objectives import NegativeELBO, kl_weight_at, make_objective
@@ -60,7 +60,7 @@ class TrainingPlan(Protocol):
 
     def before_step(self, step: int, steps_per_epoch: int) -> None: ...
 
-    def score(self, images: torch.Tensor, labels: torch.Tensor | None, batch_size: int) -> dict[str, float]: ...
+    def score(self, split: str) -> dict[str, float]: ...
 
     def describe(self, record: dict[str, Any]) -> str: ...
 
@@ -73,8 +73,8 @@ def labels_for_model(model: nn.Module, labels: torch.Tensor | None) -> torch.Ten
 
 class ELBOPlan:
     """Plain ELBO training (the default): the objective of ``settings`` (ELBO, mean-field ELBO or
-    IWAE bound) on shuffled mini-batches, KL weight annealed by ``beta`` and the warm-up, best
-    checkpoint by validation ELBO."""
+    IWAE bound) on shuffled mini-batches, KL weight annealed by ``beta`` and the warm-up, held-out
+    splits scored on one seeded binarization each, best checkpoint by validation ELBO."""
 
     selection_metric = "elbo"
     scored_splits = ("valid",)
@@ -83,7 +83,7 @@ class ELBOPlan:
         if getattr(model, "needs_labels", False) and dataset.train_labels is None:
             raise ConfigError(f"{type(model).__name__} models x given its label (needs_labels) but {dataset.name} "
                              "has no labels; train it on labelled data")
-        self.model, self.settings = model, settings
+        self.model, self.settings, self.dataset, self.binarize = model, settings, dataset, binarize
         self.loss_module = NegativeELBO(model, make_objective(settings.objective, settings.num_particles))
         self.batches = EpochBatches(dataset.train_images, labels_for_model(model, dataset.train_labels),
                                     settings.batch_size, binarize, settings.seed)
@@ -92,9 +92,11 @@ class ELBOPlan:
         self.loss_module.kl_weight = kl_weight_at(step, steps_per_epoch, self.settings.beta,
                                                   self.settings.kl_warmup_epochs)
 
-    def score(self, images: torch.Tensor, labels: torch.Tensor | None, batch_size: int) -> dict[str, float]:
-        """Mean ELBO terms per datapoint (nats)."""
-        terms = dataset_elbo_terms(self.model, images, labels_for_model(self.model, labels), batch_size=batch_size)
+    def score(self, split: str) -> dict[str, float]:
+        """Mean ELBO terms per datapoint of ``split`` (nats)."""
+        images, labels = evaluation_split(self.dataset, split, self.binarize, self.settings.seed)
+        terms = dataset_elbo_terms(self.model, images, labels_for_model(self.model, labels),
+                                   batch_size=self.settings.eval_batch_size)
         return {key: value.double().mean().item() for key, value in terms.items()}
 
     @staticmethod

@@ -30,7 +30,7 @@ from pyro_vae.data.datasets import Dataset, as_dataset
 from pyro_vae.data.resolve import load_run_data
 from pyro_vae.devices import resolve_device
 from pyro_vae.runs.checkpoint import load_checkpoint, restore_rng_states, rng_states, save_checkpoint
-from pyro_vae.runs.config import ConfigError, DataConfig, DistributedConfig, ModelConfig, RunConfig, TrainConfig, config_differences
+from pyro_vae.runs.config import DATASETS, ConfigError, DataConfig, DistributedConfig, ModelConfig, RunConfig, TrainConfig, config_differences
 from pyro_vae.runs.layout import BEST_CHECKPOINT, CONFIG_FILE, LAST_CHECKPOINT, METRICS_FILE, SUMMARY_FILE
 from pyro_vae.training.distributed import (Replicas, ShardedBatches, barrier, broadcast_from_main,
                                            check_replicas_in_sync, device_of, reduce_min, reduce_sum,
@@ -119,7 +119,7 @@ def fit(model: nn.Module, data: Any, *, out: str | Path, valid: Any = None, test
     check_model(model)
     train = _train_config(settings)
     spec = model_spec(model)
-    named = isinstance(data, Dataset) and data.name != "custom"
+    named = isinstance(data, Dataset) and data.name in DATASETS  # else data of the user's own: "custom"
     data_dir = str(Path(data.source).resolve()) if named and Path(data.source).exists() else ""
     config = RunConfig(data=DataConfig(dataset=data.name if named else "custom", data_dir=data_dir,
                                        binarize=binarize, valid_size=valid_size, download=False),
@@ -245,22 +245,19 @@ class Trainer:
                 self.log.close()
 
     def _patience_ran_out(self) -> bool:
-        """Early stopping: ``patience`` epochs have passed since the best validation score (rank 0's count)."""
+        """Early stopping: ``patience`` epochs have passed since the best validation score (rank 0's count),
+        counted from the end of the KL warm-up at the earliest (the objective still changes during it)."""
         patience = self.settings.patience
         if patience is None or self.state.epoch == 0:
             return False
         best_epoch = broadcast_from_main(self.state.best_epoch, self.replicas)
-        if self.state.epoch - best_epoch < patience:
+        if self.state.epoch - max(best_epoch, self.settings.kl_warmup_epochs) < patience:
             return False
         logger.info("early stopping: no better validation score in the %d epochs after epoch %d", patience, best_epoch)
         return True
 
-    def _score(self, split: str) -> dict[str, float]:
-        images, labels = evaluation_split(self.dataset, split, self.config.data.binarize, self.settings.seed)
-        return self.plan.score(images, labels, self.settings.eval_batch_size)
-
     def _scored_splits(self, splits: tuple[str, ...]) -> dict[str, dict[str, float]]:
-        return {split: self._score(split) for split in splits if split in self.dataset.splits}
+        return {split: self.plan.score(split) for split in splits if split in self.dataset.splits}
 
     def _run_epoch(self, epoch: int) -> dict[str, Any] | None:
         """Train one epoch, score held-out splits, append metrics, then checkpoint (last, and best if

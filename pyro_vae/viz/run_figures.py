@@ -59,11 +59,17 @@ def _shown(images: torch.Tensor, labels: torch.Tensor | None, count: int) -> tor
 
 
 def _draw(figures: dict[str, Figure], name: str, draw: Callable[[], Figure]) -> None:
-    """Add ``draw()`` as ``name``, or log one line saying why the model or data cannot have it."""
+    """Add ``draw()`` as ``name``, or log one line saying why the model or data cannot have it.
+
+    A figure never ends a run: beyond the ValueErrors that say what a model lacks, any error of a
+    model's own methods is logged with its type, and the figure skipped.
+    """
     try:
         figures[name] = draw()
     except ValueError as error:
         logger.info("figure %s skipped: %s", name, error)
+    except Exception as error:  # noqa: BLE001 - a user's model may fail in any way; the run's results stand
+        logger.warning("figure %s skipped: %s: %s", name, type(error).__name__, str(error).splitlines()[0] if str(error) else "")
 
 
 def snapshot_figures(model: nn.Module, dataset: Dataset, images: torch.Tensor, labels: torch.Tensor | None,
