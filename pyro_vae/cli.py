@@ -72,7 +72,8 @@ _non_negative_float = _float_above(0.0, inclusive=True)
 
 # Model options: shortcuts for --model-arg NAME=VALUE, passed only when given (the class's default otherwise).
 MODEL_OPTIONS = {"arch": "arch", "hidden_dim": "hidden_dim", "z_dim": "z_dim", "likelihood": "likelihood",
-                 "gaussian_scale": "gaussian_scale", "labels": "labels", "aux_weight": "aux_weight",
+                 "gaussian_scale": "gaussian_scale", "prior": "prior", "pseudo_inputs": "pseudo_inputs",
+                 "flow": "flow", "flow_steps": "flow_steps", "labels": "labels", "aux_weight": "aux_weight",
                  "labelled_weighting": "labelled_weighting"}
 # Data and training options: where each lives in the run's config.
 RUN_OPTIONS = {"dataset": ("data", "dataset"), "data_dir": ("data", "data_dir"), "binarize": ("data", "binarize"),
@@ -122,6 +123,14 @@ def _add_train_parser(subparsers) -> argparse.ArgumentParser:
                        help="vae: p(x|z) (default bernoulli)")
     group.add_argument("--gaussian-scale", type=_positive_float, default=None,
                        help="vae: fixed pixel std of the Gaussian likelihood (default: learned)")
+    group.add_argument("--prior", choices=("standard", "vamp"), default=None,
+                       help="vae: p(z) = Normal(0, I) (standard) or the VampPrior of Tomczak & Welling 2018 (vamp)")
+    group.add_argument("--pseudo-inputs", type=_positive_int, default=None,
+                       help="vae --prior vamp: number of learned pseudo-inputs (500)")
+    group.add_argument("--flow", choices=("none", "iaf"), default=None,
+                       help="vae: q(z|x) a diagonal Gaussian (none) or pushed through inverse autoregressive flow steps "
+                            "conditioned on the encoder (iaf, Kingma et al. 2016; the KL term becomes Monte Carlo)")
+    group.add_argument("--flow-steps", type=_positive_int, default=None, help="vae --flow iaf: number of steps (2)")
     group.add_argument("--labels", type=_positive_int, default=None,
                        help="ssvae: labelled training images, the same number per class (seeded)")
     group.add_argument("--aux-weight", type=_non_negative_float, default=None,

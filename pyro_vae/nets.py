@@ -23,8 +23,15 @@ class MLPEncoder(nn.Module):
         self.scale = nn.Linear(hidden_dim, z_dim)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        hidden = F.softplus(self.hidden(x))
-        return self.loc(hidden), F.softplus(self.scale(hidden)) + MIN_SCALE
+        return self.head(self.context(x))
+
+    def context(self, x: torch.Tensor) -> torch.Tensor:
+        """The hidden layer h(x): what (loc, scale), and a flow posterior, are computed from."""
+        return F.softplus(self.hidden(x))
+
+    def head(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(loc, scale) from the hidden layer."""
+        return self.loc(context), F.softplus(self.scale(context)) + MIN_SCALE
 
 
 class MLPDecoder(nn.Module):
