@@ -78,7 +78,7 @@ MODEL_OPTIONS = {"arch": "arch", "hidden_dim": "hidden_dim", "z_dim": "z_dim", "
 # Data and training options: where each lives in the run's config.
 RUN_OPTIONS = {"dataset": ("data", "dataset"), "data_dir": ("data", "data_dir"), "binarize": ("data", "binarize"),
                "valid_size": ("data", "valid_size"), "download": ("data", "download"),
-               **{name: ("train", name) for name in ("objective", "num_particles", "beta", "kl_warmup_epochs",
+               **{name: ("train", name) for name in ("objective", "num_particles", "gradient", "beta", "kl_warmup_epochs",
                                                      "batch_size", "eval_batch_size", "lr", "lr_decay", "patience",
                                                      "seed", "device", "fast", "compile")}}
 
@@ -145,6 +145,9 @@ def _add_train_parser(subparsers) -> argparse.ArgumentParser:
                             "iwae: importance-weighted bound with --num-particles k")
     group.add_argument("--num-particles", type=_positive_int, default=train.num_particles,
                        help="samples of z per image in the objective (vectorized)")
+    group.add_argument("--gradient", choices=cfg.GRADIENTS, default=train.gradient,
+                       help="the guide's gradient estimator: standard; dreg: doubly reparameterized (Tucker et al. "
+                            "2019) for --objective iwae; stl: sticking the landing (Roeder et al. 2017) for one particle")
     group.add_argument("--beta", type=_positive_float, default=train.beta,
                        help="weight of the KL term (beta-VAE); applied by scaling the latent sites")
     group.add_argument("--kl-warmup-epochs", type=_non_negative_int, default=train.kl_warmup_epochs,

@@ -10,12 +10,15 @@ from __future__ import annotations
 import math
 from contextlib import nullcontext
 
+import pyro
 import torch
+from pyro import poutine
 from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 from pyro.poutine.messenger import Messenger
+from pyro.poutine.util import prune_subsample_sites
 from torch import nn
 
-from pyro_vae.inference.traces import log_weights_from_traces, trace_particles
+from pyro_vae.inference.traces import log_weights_from_traces, sample_sites, trace_particles
 
 
 def _terms_from_traces(traces: list, num_particles: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -67,6 +70,20 @@ class RecordedTraceMeanField_ELBO(_KeepsTraces, TraceMeanField_ELBO):
     """:class:`pyro.infer.TraceMeanField_ELBO` (analytic KL) that keeps its traces."""
 
 
+GRADIENTS = ("standard", "dreg", "stl")
+
+
+class _GuideOf(nn.Module):
+    """The guide method of a model module as a module's forward, for ``torch.func.functional_call``."""
+
+    def __init__(self, owner: nn.Module) -> None:
+        super().__init__()
+        self.owner = owner
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None):
+        return self.owner.guide(x, y)
+
+
 class IWAE_ELBO:
     """The importance-weighted bound L_k of Burda et al. (2016), per datapoint, k vectorized particles.
 
@@ -74,29 +91,101 @@ class IWAE_ELBO:
     log w = log p(x, z) - log q(z|x) from traces of the model replayed on the guide; gradients
     flow by reparameterization. For one datapoint it equals ``pyro.infer.RenyiELBO(alpha=0)``,
     which has no differentiable loss and, over a batch, weights the whole batch jointly.
+
+    ``gradient`` chooses the guide's gradient estimator (the model's is the same for all, and so
+    is the loss's value):
+
+    - ``"standard"``: the gradient of L_k itself;
+    - ``"dreg"``: doubly reparameterized (Tucker et al., 2019): log q is evaluated with the guide's
+      parameters held fixed, so they get gradient only through the draws z, and the gradient
+      reaching each draw z_i is scaled by its normalized weight once more (sum_i w~_i^2 d log w_i/dz_i
+      dz_i/dphi), an unbiased estimate of the same gradient with lower variance;
+    - ``"stl"`` ("sticking the landing", Roeder et al., 2017), for k = 1: the path term alone, whose
+      variance vanishes when q(z|x) is the exact posterior (DReG with k = 1 is the same estimator).
+
+    The path estimators need a reparameterized guide that is a method of an ``nn.Module`` (flows
+    included): log q is re-evaluated at the same draws by replaying the guide with its module's
+    parameters detached (``torch.func.functional_call``).
     """
 
-    def __init__(self, num_particles: int) -> None:
-        self.num_particles = num_particles
+    def __init__(self, num_particles: int, gradient: str = "standard") -> None:
+        if gradient not in GRADIENTS:
+            raise ValueError(f"unknown gradient {gradient!r}; use {', '.join(GRADIENTS)}")
+        if gradient == "stl" and num_particles != 1:
+            raise ValueError(f"the 'stl' gradient is for one particle; with {num_particles} use 'dreg', its "
+                             "importance-weighted form")
+        self.num_particles, self.gradient = num_particles, gradient
         self.traces: list = []
 
     def differentiable_loss(self, model, guide, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         model_trace, guide_trace = trace_particles(model, guide, x, y, self.num_particles)
         self.traces = [(model_trace, guide_trace)]
-        log_weights = log_weights_from_traces(model_trace, guide_trace)
+        if self.gradient == "standard":
+            log_weights = log_weights_from_traces(model_trace, guide_trace)
+        else:
+            log_weights = self._path_log_weights(model_trace, guide_trace, guide, x, y)
         return -(torch.logsumexp(log_weights, 0) - math.log(self.num_particles)).sum()
+
+    def _path_log_weights(self, model_trace, guide_trace, guide, x: torch.Tensor, y: torch.Tensor | None
+                          ) -> torch.Tensor:
+        """log p(x, z) - log q(z|x) with q's parameters held fixed; for DReG the gradient reaching each
+        draw z is scaled by its normalized weight."""
+        owner = getattr(guide, "__self__", None)
+        if not isinstance(owner, nn.Module):
+            raise ValueError(f"the {self.gradient!r} gradient replays the guide with its parameters held fixed, so the "
+                             "guide must be a method of an nn.Module")
+        latents = {name: site for name, site in sample_sites(guide_trace)}
+        not_reparameterized = [name for name, site in latents.items() if not site["fn"].has_rsample]
+        if not_reparameterized:
+            raise ValueError(f"the {self.gradient!r} gradient needs reparameterized guide sites; "
+                             f"{', '.join(not_reparameterized)} are not")
+        fixed = {name: value.detach() for name, value in _GuideOf(owner).named_parameters()}
+        with pyro.plate("particles", self.num_particles, dim=-2):
+            replayed = poutine.trace(poutine.replay(functional_call_guide(owner, fixed), trace=guide_trace)
+                                     ).get_trace(x, y)
+        replayed = prune_subsample_sites(replayed)
+        replayed.compute_log_prob()
+        log_joint = sum(site["unscaled_log_prob"] for _, site in sample_sites(model_trace))
+        log_guide_fixed = sum(site["unscaled_log_prob"] for _, site in sample_sites(replayed))
+        log_weights = log_joint - log_guide_fixed
+        if self.gradient == "dreg":
+            normalized = torch.softmax(log_weights.detach(), dim=0)
+            for site in latents.values():
+                site["value"].register_hook(_scaled_by(normalized))
+        return log_weights
 
     def last_terms(self) -> tuple[torch.Tensor, torch.Tensor]:
         return _terms_from_traces(self.traces, self.num_particles)
 
 
+def functional_call_guide(owner: nn.Module, parameters: dict[str, torch.Tensor]):
+    """``owner.guide`` run with ``parameters`` (names as in ``_GuideOf(owner)``) in place of its own."""
+    wrapper = _GuideOf(owner)
+
+    def guide(x: torch.Tensor, y: torch.Tensor | None = None):
+        return torch.func.functional_call(wrapper, parameters, (x, y))
+
+    return guide
+
+
+def _scaled_by(weights: torch.Tensor):
+    def hook(grad: torch.Tensor) -> torch.Tensor:
+        return grad * weights.reshape(weights.shape + (1,) * (grad.dim() - weights.dim()))
+
+    return hook
+
+
 OBJECTIVES = {"elbo": RecordedTrace_ELBO, "meanfield": RecordedTraceMeanField_ELBO, "iwae": IWAE_ELBO}
 
 
-def make_objective(name: str, num_particles: int = 1):
-    """The objective called ``name`` (``"elbo"``, ``"meanfield"`` or ``"iwae"``), particles vectorized."""
-    if name == "iwae":
-        return IWAE_ELBO(num_particles)
+def make_objective(name: str, num_particles: int = 1, gradient: str = "standard"):
+    """The objective called ``name`` (``"elbo"``, ``"meanfield"`` or ``"iwae"``), particles vectorized,
+    with the guide's gradient estimator ``gradient`` (see :class:`IWAE_ELBO`; ``stl`` makes the ELBO
+    its one-particle IWAE form)."""
+    if name == "iwae" or gradient != "standard":
+        if name == "meanfield":
+            raise ValueError(f"the {gradient!r} gradient evaluates log q at the draws; use objective elbo or iwae")
+        return IWAE_ELBO(num_particles, gradient)
     try:
         elbo_class = OBJECTIVES[name]
     except KeyError:

@@ -205,7 +205,8 @@ class SemiSupervisedPlan:
         if dataset.train_labels is None:
             raise ConfigError(f"{name} needs labelled data but {dataset.name} has no labels; use mnist, "
                               "fashion-mnist or mnist-sample")
-        unsupported = {"objective": (settings.objective, "elbo"), "beta": (settings.beta, 1.0),
+        unsupported = {"objective": (settings.objective, "elbo"), "gradient": (settings.gradient, "standard"),
+                       "beta": (settings.beta, 1.0),
                        "kl_warmup_epochs": (settings.kl_warmup_epochs, 0), "num_particles": (settings.num_particles, 1)}
         for setting, (value, supported) in unsupported.items():
             if value != supported:

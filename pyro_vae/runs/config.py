@@ -11,6 +11,7 @@ from typing import Any
 DATASETS = ("mnist", "fashion-mnist", "binarized-mnist", "mnist-sample")
 BINARIZATIONS = ("dynamic", "static", "threshold", "none")
 OBJECTIVES = ("elbo", "meanfield", "iwae")
+GRADIENTS = ("standard", "dreg", "stl")
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -54,6 +55,7 @@ class TrainConfig:
 
     objective: str = "elbo"
     num_particles: int = 1
+    gradient: str = "standard"  # the guide's gradient estimator: standard, dreg (IWAE) or stl (one particle)
     beta: float = 1.0
     kl_warmup_epochs: int = 0
     epochs: int = 100
@@ -134,6 +136,7 @@ class RunConfig:
         _choice("--dataset", self.data.dataset, DATASETS + ("auto", "custom"))
         _choice("--binarize", self.data.binarize, BINARIZATIONS + ("auto",))
         _choice("--objective", self.train.objective, OBJECTIVES)
+        _choice("--gradient", self.train.gradient, GRADIENTS)
         _choice("--device", self.train.device, DEVICES)
         _at_least("--epochs", self.train.epochs, 1)
         _at_least("--batch-size", self.train.batch_size, 1)
@@ -146,6 +149,12 @@ class RunConfig:
         if self.train.objective == "iwae" and (self.train.beta != 1.0 or self.train.kl_warmup_epochs):
             raise ConfigError("--beta and --kl-warmup-epochs weight the ELBO's KL term, which the IWAE bound "
                               "does not have; use them with --objective elbo or meanfield")
+        if self.train.gradient == "dreg" and self.train.objective != "iwae":
+            raise ConfigError("--gradient dreg is the doubly reparameterized gradient of the IWAE bound; use it with "
+                              "--objective iwae (with one particle it is --gradient stl)")
+        if self.train.gradient == "stl" and (self.train.num_particles != 1 or self.train.objective == "meanfield"):
+            raise ConfigError("--gradient stl is for the one-particle ELBO (--objective elbo or iwae, "
+                              "--num-particles 1); with k particles use --objective iwae --gradient dreg")
         if self.data.valid_size is not None:
             _at_least("--valid-size", self.data.valid_size, 1)
         if not self.train.lr > 0:

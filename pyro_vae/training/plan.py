@@ -84,7 +84,7 @@ class ELBOPlan:
             raise ConfigError(f"{type(model).__name__} models x given its label (needs_labels) but {dataset.name} "
                              "has no labels; train it on labelled data")
         self.model, self.settings, self.dataset, self.binarize = model, settings, dataset, binarize
-        self.loss_module = NegativeELBO(model, make_objective(settings.objective, settings.num_particles))
+        self.loss_module = NegativeELBO(model, make_objective(settings.objective, settings.num_particles, settings.gradient))
         self.batches = EpochBatches(dataset.train_images, labels_for_model(model, dataset.train_labels),
                                     settings.batch_size, binarize, settings.seed)
 
