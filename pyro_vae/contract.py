@@ -20,9 +20,10 @@ from dataclasses import dataclass
 from importlib import metadata
 from typing import Any
 
+import torch
 from torch import nn
 
-from pyro_vae.runs.config import ConfigError
+from pyro_vae.runs.config import ConfigError, ModelConfig
 
 BUILTIN_MODELS = {
     "vae": "pyro_vae.models.vae:VAE",
@@ -133,6 +134,21 @@ def build_model(target: str, **args: Any) -> nn.Module:
     check_model(model)
     setattr(model, SPEC_ATTRIBUTE, ModelSpec(resolve_target(target), dict(args)))
     return model
+
+
+def build_configured_model(model_config: ModelConfig, x_dim: int) -> nn.Module:
+    """The model a run's configuration names; ``x_dim`` (values per datapoint) is passed where its class
+    takes one and the configuration does not say."""
+    args = dict(model_config.args or {})
+    if "x_dim" not in args and accepts_argument(import_model_class(model_config.model), "x_dim"):
+        args["x_dim"] = x_dim
+    return build_model(model_config.model, **args)
+
+
+def labels_for_model(model: nn.Module, labels: torch.Tensor | None) -> torch.Tensor | None:
+    """The labels a model is given as ``y``: the data's labels where the model sets ``needs_labels``
+    (it models p(x|y)), else None (it models p(x))."""
+    return labels if getattr(model, "needs_labels", False) else None
 
 
 def model_spec(model: nn.Module) -> ModelSpec:

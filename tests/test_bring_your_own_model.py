@@ -250,3 +250,21 @@ def test_registered_names_are_import_paths_of_the_built_ins():
     names = pyro_vae.registered_models()
     assert names["vae"] == "pyro_vae.models.vae:VAE" and names["ssvae"] == "pyro_vae.models.ssvae:SSVAE"
     assert type(build_model("cvae", z_dim=2, hidden_dim=8)).__name__ == "ConditionalVAE"
+
+
+def test_an_installed_package_adds_model_names_through_entry_points(monkeypatch):
+    from importlib import metadata
+
+    import pyro_vae.contract
+
+    student = metadata.EntryPoint(name="student-t", value="test_bring_your_own_model:StudentTVAE",
+                                  group="pyro_vae.models")
+    shadowing = metadata.EntryPoint(name="vae", value="elsewhere:VAE", group="pyro_vae.models")
+    monkeypatch.setattr(pyro_vae.contract.metadata, "entry_points",
+                        lambda group: [student, shadowing] if group == "pyro_vae.models" else [])
+    names = pyro_vae.registered_models()
+    assert names["student-t"] == "test_bring_your_own_model:StudentTVAE"
+    assert names["vae"] == "pyro_vae.models.vae:VAE"  # a package cannot take over a built-in name
+    model = build_model("student-t", df=2.0, z_dim=3)
+    assert type(model).__name__ == "StudentTVAE" and model.df == 2.0
+    assert pyro_vae.contract.model_spec(model).target == "test_bring_your_own_model:StudentTVAE"

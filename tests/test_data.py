@@ -219,3 +219,13 @@ def test_epoch_batches_cover_every_image_once_with_labels_aligned():
     assert sorted(torch.cat([y for _, y in seen]).tolist()) == list(range(25))
     for x, y in seen:
         assert torch.equal(x[:, 0], images[y, 0])
+
+
+def test_a_run_reloads_the_validation_split_it_was_carved_with():
+    from pyro_vae.runs.config import RunConfig, TrainConfig
+    from pyro_vae.runs.run_dir import _run_data
+
+    dataset = load_dataset("mnist-sample", valid_size=300, seed=5)
+    assert dataset.valid_seed == 5 and as_dataset(torch.rand(12, 2), valid_size=3, seed=2).valid_seed == 2
+    config = RunConfig(data=DataConfig(dataset="mnist-sample", valid_size=300, valid_seed=5), train=TrainConfig(seed=0))
+    assert torch.equal(_run_data(config, None, "cpu").valid_images, dataset.valid_images)

@@ -53,7 +53,8 @@ def test_run_directory_holds_config_metrics_checkpoints_and_summary(trained_run)
     run_dir, _ = trained_run
     config = json.loads((run_dir / "config.json").read_text())
     assert config["data"] == {"dataset": "mnist-sample", "data_dir": str(Path("data").resolve()),
-                              "binarize": "dynamic", "valid_size": 500, "download": False, "shape": [1, 28, 28]}
+                              "binarize": "dynamic", "valid_size": 500, "download": False, "shape": [1, 28, 28],
+                              "valid_seed": 0}
     # the model by name and every keyword argument it was built with, the data's size included
     assert RunConfig.from_dict(config).model == ModelConfig("vae", {"hidden_dim": 64, "z_dim": 8, "x_dim": 784})
     last = load_checkpoint(run_dir / "checkpoints" / "last.pt")

@@ -12,7 +12,7 @@ from torch import nn
 
 from pyro_vae.runs.config import ConfigError
 from pyro_vae.data.datasets import load_dataset
-from pyro_vae.inference.evaluate import dataset_elbo_terms, dataset_log_likelihood
+from pyro_vae.inference.evaluate import dataset_elbo_terms, dataset_log_likelihood, mean_terms
 from pyro_vae.data.batches import evaluation_split
 from pyro_vae.runs.run_dir import load_run
 
@@ -78,7 +78,7 @@ def score_run(path: str | Path, other_dataset: str | None = None, *, data_dir: s
     summary: dict[str, Any] = {"checkpoint": str(run.checkpoint_path), "split": split, "num_samples": num_samples,
                                "num_particles": num_particles, "binarization": config.data.binarize, "seed": seed,
                                "sets": {name: {"n": len(values["negative_elbo"]),
-                                               **{key: value.double().mean().item() for key, value in values.items()}}
+                                               **mean_terms(values)}
                                         for name, values in scores.items()}}
     if other_dataset is not None:
         own = scores[config.data.dataset]

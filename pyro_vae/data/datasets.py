@@ -67,7 +67,8 @@ class Dataset:
     """Datapoints (flat float32 rows: images or any vectors) and labels (int64, or None) of the splits.
 
     ``shape`` is one datapoint's shape before flattening (``(1, 28, 28)`` for MNIST, ``(2,)`` for
-    points in the plane); a dataset without a test split has ``test_images`` None.
+    points in the plane); a dataset without a test split has ``test_images`` None; ``valid_seed`` is
+    the seed validation was carved from train with, so a run can load the same split again.
     """
 
     name: str
@@ -79,6 +80,7 @@ class Dataset:
     test_images: torch.Tensor | None = None
     test_labels: torch.Tensor | None = None
     shape: tuple[int, ...] = IMAGE_SHAPE
+    valid_seed: int | None = None  # the seed that carved validation from train (None: the data's own split)
 
     def split(self, name: str) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Datapoints and labels of ``"train"``, ``"valid"`` or ``"test"``."""
@@ -160,7 +162,7 @@ def as_dataset(
     on_device = lambda t: None if t is None else t.to(device)  # noqa: E731
     return Dataset(name=name, source="in memory", train_images=flat(x), train_labels=on_device(y),
                    valid_images=flat(valid_x), valid_labels=on_device(valid_y), test_images=flat(test_x),
-                   test_labels=on_device(test_y), shape=shape)
+                   test_labels=on_device(test_y), shape=shape, valid_seed=seed if valid is None else None)
 
 
 def _tensors_of(data: Any, role: str) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -226,14 +228,15 @@ def load_dataset(
         arrays, source = _load_bundled_sample()
     else:
         raise DataFileError(f"unknown dataset {name!r}; choose one of mnist, fashion-mnist, binarized-mnist, mnist-sample")
-    if "valid" not in arrays:
+    carved = "valid" not in arrays
+    if carved:
         arrays["train"], arrays["valid"] = _carve_validation(*arrays["train"], valid_size, seed)
     tensors = {}
     for split, (images, labels) in arrays.items():
         _check_images(images, name, split)
         tensors[f"{split}_images"] = torch.as_tensor(images, dtype=torch.float32, device=device)
         tensors[f"{split}_labels"] = None if labels is None else _check_labels(labels, len(images), name, split, device)
-    return Dataset(name=name, source=source, **tensors)
+    return Dataset(name=name, source=source, valid_seed=seed if carved else None, **tensors)
 
 
 def _load_idx_dataset(name: str, data_dir: Path, download: bool) -> tuple[dict, str]:

@@ -35,6 +35,6 @@ def load_run_data(config: DataConfig, seed: int, device: torch.device) -> tuple[
         dataset = load_dataset(name, config.data_dir, **options)
     resolved = dataclasses.replace(
         config, dataset=dataset.name, data_dir=str(Path(config.data_dir).resolve()),
-        valid_size=len(dataset.valid_images), shape=list(dataset.shape),
+        valid_size=len(dataset.valid_images), shape=list(dataset.shape), valid_seed=dataset.valid_seed,
     )
     return dataset, resolved

@@ -75,6 +75,11 @@ def _over_batches(score, images, labels, batch_size: int, description: str, prog
     return {key: torch.cat(values) for key, values in parts.items()}
 
 
+def mean_terms(per_datapoint: dict[str, torch.Tensor]) -> dict[str, float]:
+    """The mean over datapoints of each per-datapoint value (float64)."""
+    return {key: value.double().mean().item() for key, value in per_datapoint.items()}
+
+
 def mean_and_standard_error(values: torch.Tensor) -> tuple[float, float]:
     """Mean and its standard error over datapoints."""
     values = values.double()

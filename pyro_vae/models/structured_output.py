@@ -17,7 +17,7 @@ from torch import nn
 
 from pyro_vae.data.batches import BINARIZATION_SEED_OFFSETS, EpochBatches, fixed_binarization
 from pyro_vae.data.datasets import Dataset
-from pyro_vae.inference.evaluate import dataset_elbo_terms
+from pyro_vae.inference.evaluate import dataset_elbo_terms, mean_terms
 from pyro_vae.inference.objectives import NegativeELBO, kl_weight_at, make_objective
 from pyro_vae.nets import MIN_SCALE
 from pyro_vae.runs.config import TrainConfig
@@ -74,7 +74,7 @@ class StructuredOutputPlan:
                                            self.settings.seed + BINARIZATION_SEED_OFFSETS[split])
         terms = dataset_elbo_terms(self.model, inputs, outputs, batch_size=self.settings.eval_batch_size,
                                    num_particles=self.VALID_PARTICLES)
-        return {key: value.double().mean().item() for key, value in terms.items()}
+        return mean_terms(terms)
 
     @staticmethod
     def describe(record: dict[str, Any]) -> str:

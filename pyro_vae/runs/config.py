@@ -34,6 +34,7 @@ class DataConfig:
     valid_size: int | None = None
     download: bool = True
     shape: list[int] | None = None  # one datapoint's shape, recorded by training (e.g. [1, 28, 28], [2])
+    valid_seed: int | None = None  # the seed validation was carved with, recorded by training (None: train's seed)
 
 
 @dataclass

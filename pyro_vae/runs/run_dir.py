@@ -13,7 +13,7 @@ import pyro
 import torch
 from torch import nn
 
-from pyro_vae.contract import ModelContractError, model_spec
+from pyro_vae.contract import ModelContractError, build_configured_model, labels_for_model, model_spec
 from pyro_vae.data.batches import evaluation_batches, evaluation_split
 from pyro_vae.data.datasets import Dataset, as_dataset, load_dataset
 from pyro_vae.devices import resolve_device
@@ -23,8 +23,6 @@ from pyro_vae.inference.evaluate import (active_units, bits_per_dim, dataset_elb
 from pyro_vae.runs.checkpoint import CheckpointError, load_checkpoint
 from pyro_vae.runs.config import ConfigError, RunConfig, config_differences
 from pyro_vae.runs.layout import BEST_CHECKPOINT, CONFIG_FILE
-from pyro_vae.training.plan import labels_for_model
-from pyro_vae.training.trainer import build_run_model
 
 
 @dataclass
@@ -79,7 +77,7 @@ def _run_model(config: RunConfig, model: nn.Module | None) -> nn.Module:
     if config.model.args is None:
         raise ModelContractError(f"the run recorded {config.model.model} without its arguments (the model was built "
                                  "before fit); pass load_run(..., model=YourModel(...))")
-    return build_run_model(config.model, int(np.prod(config.data.shape)))
+    return build_configured_model(config.model, int(np.prod(config.data.shape)))
 
 
 def _run_data(config: RunConfig, data: Any, device: torch.device) -> Dataset:
@@ -90,7 +88,8 @@ def _run_data(config: RunConfig, data: Any, device: torch.device) -> Dataset:
     if settings.dataset == "custom":
         raise ConfigError("the run was trained on data passed to fit() in Python; pass the same data to "
                           "load_run(..., data=...) or estimate_run(..., data=...)")
-    return load_dataset(settings.dataset, settings.data_dir, valid_size=settings.valid_size, seed=config.train.seed,
+    seed = config.train.seed if settings.valid_seed is None else settings.valid_seed
+    return load_dataset(settings.dataset, settings.data_dir, valid_size=settings.valid_size, seed=seed,
                         download=settings.download, device=device)
 
 

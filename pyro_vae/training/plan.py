@@ -15,9 +15,10 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
+from pyro_vae.contract import labels_for_model
 from pyro_vae.data.batches import EpochBatches, evaluation_split
 from pyro_vae.data.datasets import Dataset
-from pyro_vae.inference.evaluate import dataset_elbo_terms
+from pyro_vae.inference.evaluate import dataset_elbo_terms, mean_terms
 from pyro_vae.inference.objectives import NegativeELBO, kl_weight_at, make_objective
 from pyro_vae.runs.config import ConfigError, TrainConfig
 
@@ -65,12 +66,6 @@ class TrainingPlan(Protocol):
     def describe(self, record: dict[str, Any]) -> str: ...
 
 
-def labels_for_model(model: nn.Module, labels: torch.Tensor | None) -> torch.Tensor | None:
-    """The labels a model is given as ``y``: the data's labels where the model sets ``needs_labels``
-    (it models p(x|y)), else None (it models p(x))."""
-    return labels if getattr(model, "needs_labels", False) else None
-
-
 class ELBOPlan:
     """Plain ELBO training (the default): the objective of ``settings`` (ELBO, mean-field ELBO or
     IWAE bound) on shuffled mini-batches, KL weight annealed by ``beta`` and the warm-up, held-out
@@ -97,7 +92,7 @@ class ELBOPlan:
         images, labels = evaluation_split(self.dataset, split, self.binarize, self.settings.seed)
         terms = dataset_elbo_terms(self.model, images, labels_for_model(self.model, labels),
                                    batch_size=self.settings.eval_batch_size)
-        return {key: value.double().mean().item() for key, value in terms.items()}
+        return mean_terms(terms)
 
     @staticmethod
     def describe(record: dict[str, Any]) -> str:

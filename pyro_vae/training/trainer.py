@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from pyro_vae.contract import accepts_argument, build_model, check_model, import_model_class, model_spec
+from pyro_vae.contract import build_configured_model, check_model, model_spec
 from pyro_vae.data.batches import evaluation_split, resolve_binarization
 from pyro_vae.data.datasets import Dataset, as_dataset
 from pyro_vae.data.resolve import load_run_data
@@ -130,6 +130,7 @@ def fit(model: nn.Module, data: Any, *, out: str | Path, valid: Any = None, test
         device = device_of(replicas, resolve_device(train.device))
         dataset = as_dataset(data, valid=valid, test=test, valid_size=valid_size, seed=train.seed, device=device)
         config.data.valid_size, config.data.shape = len(dataset.valid_images), list(dataset.shape)
+        config.data.valid_seed = dataset.valid_seed
         return Trainer(model.to(device), dataset, config, Path(out), replicas, options).run()
 
 
@@ -150,18 +151,9 @@ def fit_config(config: RunConfig, run_dir: str | Path, **options: Any) -> FitRes
         if replicas.is_main:
             barrier(replicas)
         pyro.set_rng_seed(config.train.seed)
-        model = build_run_model(config.model, dataset.x_dim)
+        model = build_configured_model(config.model, dataset.x_dim)
         config.model = ModelConfig(model=config.model.model, args=model_spec(model).args)
         return Trainer(model.to(device), dataset, config, Path(run_dir), replicas, run_options).run()
-
-
-def build_run_model(model_config: ModelConfig, x_dim: int) -> nn.Module:
-    """The configured model; ``x_dim`` (values per datapoint) is passed where its class takes one and the
-    configuration does not say."""
-    args = dict(model_config.args or {})
-    if "x_dim" not in args and accepts_argument(import_model_class(model_config.model), "x_dim"):
-        args["x_dim"] = x_dim
-    return build_model(model_config.model, **args)
 
 
 def _train_config(settings: dict[str, Any]) -> TrainConfig:

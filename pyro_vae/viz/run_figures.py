@@ -15,13 +15,13 @@ import torch
 from matplotlib.figure import Figure
 from torch import nn
 
+from pyro_vae.contract import labels_for_model
 from pyro_vae.data.batches import evaluation_batches, evaluation_split
 from pyro_vae.data.corruption import masked_block, salt_and_pepper
 from pyro_vae.data.datasets import Dataset
 from pyro_vae.inference.evaluate import latent_means
 from pyro_vae.runs.layout import FIGURES_DIR, METRICS_FILE
 from pyro_vae.runs.run_dir import LoadedRun
-from pyro_vae.training.plan import labels_for_model
 from pyro_vae.viz import plots
 
 logger = logging.getLogger(__name__)
