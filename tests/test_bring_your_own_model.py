@@ -129,6 +129,10 @@ def test_a_user_model_reloads_from_its_run_directory_and_log_p_x_bounds_the_elbo
     run_dir, _ = student_run
     run = load_run(run_dir)  # rebuilt from the recorded import path and arguments
     assert type(run.model).__name__ == "StudentTVAE" and run.model.df == 3.0
+    assert load_run(run_dir, model=StudentTVAE(df=3.0, z_dim=4)).checkpoint["epoch"] == 2  # or given, if preferred
+    with pytest.raises(ModelContractError, match="the run trained test_bring_your_own_model:StudentTVAE but model= "
+                                                 "is a pyro_vae.models.vae:VAE"):
+        load_run(run_dir, model=pyro_vae.VAE())
     summary, per_datapoint = estimate_run(run_dir, "test", num_samples=100, num_particles=2, device="cpu",
                                           progress=False)
     assert summary["model"] == "test_bring_your_own_model:StudentTVAE" and summary["estimator"] == "is"

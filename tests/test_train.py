@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pyro_vae import ELBOPlan, DataConfig, ModelConfig, RunConfig, TrainConfig, fit_config
+from pyro_vae import VAE, ELBOPlan, DataConfig, ModelConfig, RunConfig, TrainConfig, fit_config
 from pyro_vae.runs.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from pyro_vae.runs.config import ConfigError
 from pyro_vae.inference.objectives import NegativeELBO
@@ -66,7 +66,8 @@ def test_run_directory_holds_config_metrics_checkpoints_and_summary(trained_run)
 
 def test_checkpoint_reloads_to_identical_reconstructions(trained_run):
     run_dir, _ = trained_run
-    first, second = load_run(run_dir), load_run(run_dir)
+    # rebuilt from config.json's name and arguments, or given as an instance of the class the name stands for
+    first, second = load_run(run_dir), load_run(run_dir, model=VAE(hidden_dim=64, z_dim=8))
     x = first.dataset.test_images[:10]
     assert torch.equal(first.model.reconstruct(x), second.model.reconstruct(x))
     torch.manual_seed(11)

@@ -13,7 +13,8 @@ import pyro
 import torch
 from torch import nn
 
-from pyro_vae.contract import ModelContractError, build_configured_model, labels_for_model, model_spec
+from pyro_vae.contract import (ModelContractError, build_configured_model, labels_for_model, model_spec,
+                               resolve_target)
 from pyro_vae.data.batches import evaluation_batches, evaluation_split
 from pyro_vae.data.datasets import Dataset, as_dataset, load_dataset
 from pyro_vae.devices import resolve_device
@@ -71,7 +72,7 @@ def load_run(path: str | Path, device: str | torch.device = "cpu", *, model: nn.
 def _run_model(config: RunConfig, model: nn.Module | None) -> nn.Module:
     if model is not None:
         target = model_spec(model).target
-        if target != config.model.model:
+        if resolve_target(target) != resolve_target(config.model.model):
             raise ModelContractError(f"the run trained {config.model.model} but model= is a {target}")
         return model
     if config.model.args is None:
