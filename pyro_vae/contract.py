@@ -29,6 +29,7 @@ BUILTIN_MODELS = {
     "vae": "pyro_vae.models.vae:VAE",
     "cvae": "pyro_vae.models.cvae:ConditionalVAE",
     "ssvae": "pyro_vae.models.ssvae:SSVAE",
+    "hvae": "pyro_vae.models.hvae:TwoLayerVAE",
 }
 ENTRY_POINT_GROUP = "pyro_vae.models"
 SPEC_ATTRIBUTE = "pyro_vae_spec"

@@ -24,7 +24,8 @@ No base class is needed. Optional, each switching on a feature when present:
 """
 
 from pyro_vae.models.cvae import ConditionalVAE
+from pyro_vae.models.hvae import TwoLayerVAE
 from pyro_vae.models.ssvae import SSVAE
 from pyro_vae.models.vae import VAE
 
-__all__ = ["SSVAE", "VAE", "ConditionalVAE"]
+__all__ = ["SSVAE", "VAE", "ConditionalVAE", "TwoLayerVAE"]
