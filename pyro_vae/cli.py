@@ -73,7 +73,8 @@ _non_negative_float = _float_above(0.0, inclusive=True)
 # Model options: shortcuts for --model-arg NAME=VALUE, passed only when given (the class's default otherwise).
 MODEL_OPTIONS = {"arch": "arch", "hidden_dim": "hidden_dim", "z_dim": "z_dim", "likelihood": "likelihood",
                  "gaussian_scale": "gaussian_scale", "prior": "prior", "pseudo_inputs": "pseudo_inputs",
-                 "flow": "flow", "flow_steps": "flow_steps", "labels": "labels", "aux_weight": "aux_weight",
+                 "flow": "flow", "flow_steps": "flow_steps", "m1_run": "m1_run", "labels": "labels",
+                 "aux_weight": "aux_weight",
                  "labelled_weighting": "labelled_weighting"}
 # Data and training options: where each lives in the run's config.
 RUN_OPTIONS = {"dataset": ("data", "dataset"), "data_dir": ("data", "data_dir"), "binarize": ("data", "binarize"),
@@ -131,8 +132,10 @@ def _add_train_parser(subparsers) -> argparse.ArgumentParser:
                        help="vae: q(z|x) a diagonal Gaussian (none) or pushed through inverse autoregressive flow steps "
                             "conditioned on the encoder (iaf, Kingma et al. 2016; the KL term becomes Monte Carlo)")
     group.add_argument("--flow-steps", type=_positive_int, default=None, help="vae --flow iaf: number of steps (2)")
+    group.add_argument("--m1-run", default=None, metavar="RUN_DIR",
+                       help="m1m2: the finished VAE run whose posterior gives M2 its features (M1 of Kingma et al. 2014)")
     group.add_argument("--labels", type=_positive_int, default=None,
-                       help="ssvae: labelled training images, the same number per class (seeded)")
+                       help="ssvae, m1m2: labelled training images, the same number per class (seeded)")
     group.add_argument("--aux-weight", type=_non_negative_float, default=None,
                        help="ssvae: weight alpha of the classifier term alpha * log q(y|x) per labelled image (50)")
     group.add_argument("--labelled-weighting", choices=("pass", "batch"), default=None,

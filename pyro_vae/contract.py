@@ -30,6 +30,7 @@ BUILTIN_MODELS = {
     "cvae": "pyro_vae.models.cvae:ConditionalVAE",
     "ssvae": "pyro_vae.models.ssvae:SSVAE",
     "hvae": "pyro_vae.models.hvae:TwoLayerVAE",
+    "m1m2": "pyro_vae.models.m1m2:M1M2",
 }
 ENTRY_POINT_GROUP = "pyro_vae.models"
 SPEC_ATTRIBUTE = "pyro_vae_spec"

@@ -129,7 +129,7 @@ class SemiSupervisedLoss(nn.Module):
         classification = self.classification_loss(x_labelled, y_labelled)
         loss = unsupervised + self.labelled_scale * (supervised + classification)
         with torch.no_grad():
-            correct = (self.model.classifier(x_labelled).argmax(-1) == y_labelled).sum()
+            correct = (self.model.predict(x_labelled) == y_labelled).sum()
             self._statistics = torch.stack([
                 loss.detach(), unsupervised.detach(), torch.tensor(float(len(x_unlabelled)), device=correct.device),
                 supervised.detach(), torch.tensor(float(len(x_labelled)), device=correct.device),

@@ -299,17 +299,17 @@ def training_curves(records: list[dict[str, Any]]) -> Figure:
     return figure
 
 
-def accuracy_vs_labels(errors: dict[int, Sequence[float]], published: dict[str, dict[int, float]] | None = None
-                       ) -> Figure:
-    """M2's test error (%) against the number of labels: each seed as a dot, the mean as a line, and
-    published results as dashed lines."""
+def accuracy_vs_labels(errors: dict[int, Sequence[float]], published: dict[str, dict[int, float]] | None = None,
+                       model_name: str = "M2") -> Figure:
+    """A semi-supervised model's test error (%) against the number of labels: each seed as a dot, the
+    mean as a line, and published results as dashed lines."""
     figure = Figure(figsize=(5.6, 4.0))
     axes = figure.add_subplot()
     counts = sorted(errors)
     for count in counts:
         axes.scatter([count] * len(errors[count]), errors[count], color="tab:blue", s=12, alpha=0.6)
     axes.plot(counts, [sum(errors[c]) / len(errors[c]) for c in counts], color="tab:blue", marker="o",
-              label="pyro-vae M2 (mean; dots: seeds)")
+              label=f"pyro-vae {model_name} (mean; dots: seeds)")
     for name, results in (published or {}).items():
         known = sorted(results)
         axes.plot(known, [results[c] for c in known], linestyle="--", marker="x", label=name)
@@ -318,7 +318,7 @@ def accuracy_vs_labels(errors: dict[int, Sequence[float]], published: dict[str, 
     axes.minorticks_off()
     axes.set_xlabel("labelled training images")
     axes.set_ylabel("test error (%)")
-    axes.set_title("semi-supervised M2 on MNIST", fontsize=9)
+    axes.set_title(f"semi-supervised {model_name}", fontsize=9)
     axes.legend(fontsize=8)
     axes.grid(alpha=0.3)
     figure.tight_layout()

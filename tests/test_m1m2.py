@@ -1,0 +1,79 @@
+"""M1+M2: M2 on features resampled from a fixed, trained VAE, as one model of x."""
+
+import pyro
+import pytest
+import torch
+from pyro import poutine
+
+from pyro_vae import build_model, estimate_run, fit, load_dataset, load_run
+from pyro_vae.runs.checkpoint import CheckpointError
+
+
+@pytest.fixture(scope="module")
+def m1_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("m1")
+    torch.manual_seed(0)
+    fit(build_model("vae", z_dim=6, hidden_dim=64), load_dataset("mnist-sample", valid_size=500), out=run_dir,
+        epochs=2, batch_size=100, device="cpu", progress=False)
+    return run_dir
+
+
+@pytest.mark.slow
+def test_m1m2_trains_m2_alone_on_fresh_features_and_scores_log_p_x(m1_run, tmp_path):
+    torch.manual_seed(1)
+    model = build_model("m1m2", m1_run=str(m1_run), hidden_dim=32, z2_dim=3, labels=100)
+    assert 0 < model.feature_dim <= 6 and model.feature_dim == model.m1_units
+    m1_before = {name: value.clone() for name, value in model.m1.state_dict().items()}
+    x = load_dataset("mnist-sample").test_images[:5].bernoulli(generator=torch.Generator().manual_seed(0))
+    first, second = (poutine.trace(model.guide).get_trace(x).nodes["features"]["value"] for _ in range(2))
+    assert not torch.equal(first, second)  # resampled from q_M1(z|x) every time an image is used
+
+    result = fit(model, load_dataset("mnist-sample", valid_size=500), out=tmp_path, epochs=2, batch_size=100,
+                 device="cpu", progress=False)
+    assert result.test["accuracy"] > 0.3  # chance is 0.1
+    for name, value in model.m1.state_dict().items():
+        assert torch.equal(value, m1_before[name]), name  # M1 stays as trained
+    run = load_run(tmp_path)  # rebuilt from the recorded M1 run and arguments
+    assert run.model.feature_dim == model.feature_dim
+    pyro.set_rng_seed(0)
+    summary, _ = estimate_run(tmp_path, "test", num_samples=20, num_particles=2, device="cpu", progress=False)
+    assert summary["log_likelihood"] > summary["elbo"] and summary["accuracy"] == pytest.approx(result.test["accuracy"])
+
+
+def test_m1m2_needs_a_vae_run(tmp_path):
+    with pytest.raises(CheckpointError, match="is not a run directory: no config.json"):
+        build_model("m1m2", m1_run=str(tmp_path))
+
+
+@pytest.mark.slow
+def test_m1m2_from_the_command_line(m1_run, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "pyro_vae.cli", "train", "--model", "m1m2", "--m1-run", str(m1_run),
+                             "--labels", "100", "--hidden-dim", "32", "--model-arg", "z2_dim=3", "--dataset",
+                             "mnist-sample", "--valid-size", "500", "--epochs", "1", "--device", "cpu", "--no-progress",
+                             "--out", "run"], cwd=tmp_path, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "accuracy" in result.stdout
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["model"] == {"model": "m1m2", "args": {"m1_run": str(m1_run), "labels": 100, "hidden_dim": 32,
+                                                         "z2_dim": 3}}
+
+
+@pytest.mark.slow
+def test_the_label_sweep_runs_m1m2(m1_run, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).parents[1] / "scripts" / "ssvae_label_sweep.py"
+    result = subprocess.run([sys.executable, str(script), "--model", "m1m2", "--m1-run", str(m1_run), "--dataset",
+                             "mnist-sample", "--no-download", "--labels", "20", "--seeds", "0", "--epochs", "1",
+                             "--hidden-dim", "16", "--z-dim", "3", "--device", "cpu", "--out", str(tmp_path / "sweep")],
+                            cwd=tmp_path, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "Test error (%) of M1+M2 on mnist-sample" in (tmp_path / "sweep" / "error_table.md").read_text()
+    assert "no class-conditional samples" in result.stdout
+    assert (tmp_path / "sweep" / "error_vs_labels.png").read_bytes().startswith(b"\x89PNG")
