@@ -191,7 +191,12 @@ def add_estimate_arguments(parser: argparse.ArgumentParser) -> None:
     """Options shared by ``pyro-vae evaluate`` and ``scripts/estimate_elbo.py``."""
     parser.add_argument("--split", choices=("test", "valid"), default="test")
     parser.add_argument("--estimator", choices=sorted(ESTIMATORS), default="is",
-                        help="how log p(x) is estimated: is = importance sampling with the guide as proposal")
+                        help="how log p(x) is estimated: is = importance sampling with the guide as proposal; ais = "
+                             "annealed importance sampling with HMC moves, --num-samples chains per image")
+    parser.add_argument("--ais-steps", type=_positive_int, default=100, help="ais: annealing steps T")
+    parser.add_argument("--leapfrog", type=_positive_int, default=10, help="ais: leapfrog steps per HMC move")
+    parser.add_argument("--ais-init", choices=("guide", "prior"), default="guide",
+                        help="ais: anneal from q(z|x) towards p(x, z), or from p(z)")
     parser.add_argument("--num-samples", type=_positive_int, default=5000,
                         help="K, importance samples per image for log p(x) and the IWAE bounds")
     parser.add_argument("--num-particles", type=_positive_int, default=10,
@@ -207,12 +212,20 @@ def add_estimate_arguments(parser: argparse.ArgumentParser) -> None:
 def run_estimate(path: Path, args: argparse.Namespace) -> None:
     """Estimate, print the JSON summary, write the files asked for."""
     summary, per_datapoint = estimate_run(
-        path, args.split, estimator=args.estimator, num_samples=args.num_samples, num_particles=args.num_particles,
+        path, args.split, estimator=args.estimator, estimator_options=_estimator_options(args),
+        num_samples=args.num_samples, num_particles=args.num_particles,
         chunk_size=args.chunk_size, batch_size=args.batch_size, device=args.device, progress=not args.no_progress,
     )
     _print_summary(summary, args.json)
     if args.csv is not None:
         write_per_datapoint_csv(per_datapoint, args.csv)
+
+
+def _estimator_options(args: argparse.Namespace) -> dict:
+    """The chosen estimator's own settings from the command line."""
+    if args.estimator == "ais":
+        return {"num_steps": args.ais_steps, "leapfrog_steps": args.leapfrog, "init": args.ais_init}
+    return {}
 
 
 def _print_summary(summary: dict, json_path: Path | None) -> None:
@@ -297,7 +310,12 @@ def _add_score_parser(subparsers) -> None:
     parser.add_argument("--no-download", dest="download", action="store_false", help="never try to download data")
     parser.add_argument("--split", choices=("test", "valid"), default="test")
     parser.add_argument("--estimator", choices=sorted(ESTIMATORS), default="is",
-                        help="how log p(x) is estimated: is = importance sampling with the guide as proposal")
+                        help="how log p(x) is estimated: is = importance sampling with the guide as proposal; ais = "
+                             "annealed importance sampling with HMC moves, --num-samples chains per image")
+    parser.add_argument("--ais-steps", type=_positive_int, default=100, help="ais: annealing steps T")
+    parser.add_argument("--leapfrog", type=_positive_int, default=10, help="ais: leapfrog steps per HMC move")
+    parser.add_argument("--ais-init", choices=("guide", "prior"), default="guide",
+                        help="ais: anneal from q(z|x) towards p(x, z), or from p(z)")
     parser.add_argument("--num-samples", type=_positive_int, default=1000, help="K for the importance-sampled log p(x)")
     parser.add_argument("--num-particles", type=_positive_int, default=10, help="samples for the ELBO")
     parser.add_argument("--batch-size", type=_positive_int, default=100, help="images scored at once")

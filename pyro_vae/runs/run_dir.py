@@ -107,8 +107,10 @@ def estimate_run(
     progress: bool = True,
     model: nn.Module | None = None,
     data: Any = None,
+    estimator_options: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """Score a run's best checkpoint (or a checkpoint file) on ``split`` with a registered ``estimator``.
+    """Score a run's best checkpoint (or a checkpoint file) on ``split`` with a registered ``estimator``
+    (``estimator_options``: its own settings, such as AIS's ``num_steps``).
 
     Returns the summary (means in nats per datapoint, standard errors, bounds, bits per dimension,
     active units where the guide has a site ``z``; the protocol: dataset, binarization, split,
@@ -123,8 +125,9 @@ def estimate_run(
     labels = labels_for_model(run.model, all_labels)
     per_datapoint = dataset_elbo_terms(run.model, images, labels, batch_size=batch_size,
                                        num_particles=num_particles, progress=progress)
+    options = dict(estimator_options or {})
     per_datapoint.update(estimate(run.model, images, labels, num_samples=num_samples, chunk_size=chunk_size,
-                                  batch_size=batch_size, progress=progress))
+                                  batch_size=batch_size, progress=progress, **options))
     log_likelihood, log_likelihood_se = mean_and_standard_error(per_datapoint["log_likelihood"])
     summary: dict[str, Any] = {
         "checkpoint": str(run.checkpoint_path),
@@ -135,6 +138,7 @@ def estimate_run(
         "split": split,
         "n": len(images),
         "estimator": estimator,
+        "estimator_options": options,
         "num_samples": num_samples,
         "num_particles": num_particles,
         "seed": seed,
@@ -151,6 +155,8 @@ def estimate_run(
         iwae_bounds={key.removeprefix("iwae_"): value.double().mean().item()
                      for key, value in per_datapoint.items() if key.startswith("iwae_")},
     )
+    if "ais_acceptance" in per_datapoint:
+        summary["acceptance_rate"] = per_datapoint["ais_acceptance"].double().mean().item()
     predict = getattr(run.model, "predict", None)
     if callable(predict) and all_labels is not None:
         summary["accuracy"] = sum(int((predict(x) == y).sum()) for x, y in
