@@ -309,13 +309,6 @@ def _add_score_parser(subparsers) -> None:
     parser.add_argument("--data-dir", default="data", help="where --dataset's files are")
     parser.add_argument("--no-download", dest="download", action="store_false", help="never try to download data")
     parser.add_argument("--split", choices=("test", "valid"), default="test")
-    parser.add_argument("--estimator", choices=sorted(ESTIMATORS), default="is",
-                        help="how log p(x) is estimated: is = importance sampling with the guide as proposal; ais = "
-                             "annealed importance sampling with HMC moves, --num-samples chains per image")
-    parser.add_argument("--ais-steps", type=_positive_int, default=100, help="ais: annealing steps T")
-    parser.add_argument("--leapfrog", type=_positive_int, default=10, help="ais: leapfrog steps per HMC move")
-    parser.add_argument("--ais-init", choices=("guide", "prior"), default="guide",
-                        help="ais: anneal from q(z|x) towards p(x, z), or from p(z)")
     parser.add_argument("--num-samples", type=_positive_int, default=1000, help="K for the importance-sampled log p(x)")
     parser.add_argument("--num-particles", type=_positive_int, default=10, help="samples for the ELBO")
     parser.add_argument("--batch-size", type=_positive_int, default=100, help="images scored at once")

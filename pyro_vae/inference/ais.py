@@ -24,7 +24,7 @@ from pyro.poutine.util import prune_subsample_sites
 from torch import nn
 
 from pyro_vae.inference.estimators import register_estimator
-from pyro_vae.inference.evaluate import _over_batches
+from pyro_vae.inference.evaluate import over_batches
 from pyro_vae.inference.traces import sample_sites, trace_particles
 
 SCHEDULES = ("sigmoid", "linear")
@@ -268,4 +268,4 @@ def annealed_importance_sampling(model: nn.Module, images: torch.Tensor, labels:
         return {"log_likelihood": result.log_likelihood,
                 "ais_acceptance": torch.full_like(result.log_likelihood, result.acceptance_rate)}
 
-    return _over_batches(score, images, labels, batch_size, f"AIS, T={num_steps}", progress)
+    return over_batches(score, images, labels, batch_size, f"AIS, T={num_steps}", progress)

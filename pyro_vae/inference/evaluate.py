@@ -60,11 +60,11 @@ def dataset_elbo_terms(
     progress: bool = False,
 ) -> dict[str, torch.Tensor]:
     """:func:`elbo_terms` for every image of a split, concatenated in dataset order."""
-    return _over_batches(lambda x, y: elbo_terms(model_obj, x, y, num_particles), images, labels, batch_size,
+    return over_batches(lambda x, y: elbo_terms(model_obj, x, y, num_particles), images, labels, batch_size,
                          "ELBO", progress)
 
 
-def _over_batches(score, images, labels, batch_size: int, description: str, progress: bool):
+def over_batches(score, images, labels, batch_size: int, description: str, progress: bool):
     """Apply ``score(x, y) -> {name: per-datapoint tensor}`` batch by batch; concatenate per name."""
     parts: dict[str, list[torch.Tensor]] = {}
     total = -(-len(images) // batch_size)
@@ -201,4 +201,4 @@ def dataset_log_likelihood(
         return {"log_likelihood": log_likelihood_from_weights(log_weights),
                 **{f"iwae_{k}": bound for k, bound in bounds.items()}}
 
-    return _over_batches(score, images, labels, batch_size, f"log p(x), K={num_samples}", progress)
+    return over_batches(score, images, labels, batch_size, f"log p(x), K={num_samples}", progress)
