@@ -16,7 +16,7 @@ from pyro_vae.runs.checkpoint import CheckpointError
 from pyro_vae.training.distributed import ReplicasOutOfSync
 from pyro_vae.data.formats import DataFileError
 from pyro_vae.runs.layout import CONFIG_FILE
-from pyro_vae.runs.run_dir import estimate_run, load_run, write_embeddings, write_per_datapoint_csv
+from pyro_vae.runs.run_dir import bdmc_run, estimate_run, load_run, write_embeddings, write_per_datapoint_csv
 from pyro_vae.contract import (accepts_argument, constructor_parameters, import_model_class, registered_models,
                                resolve_target)
 from pyro_vae.inference.estimators import ESTIMATORS
@@ -210,7 +210,15 @@ def add_estimate_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_estimate(path: Path, args: argparse.Namespace) -> None:
-    """Estimate, print the JSON summary, write the files asked for."""
+    """Estimate (or, with --bdmc N, bracket log p(x) of N simulated datapoints), print the JSON summary, write the
+    files asked for."""
+    if getattr(args, "bdmc", None):
+        summary, per_datapoint = bdmc_run(path, args.bdmc, num_steps=args.ais_steps, num_chains=args.num_samples,
+                                          leapfrog_steps=args.leapfrog, init=args.ais_init, device=args.device)
+        _print_summary(summary, args.json)
+        if args.csv is not None:
+            write_per_datapoint_csv(per_datapoint, args.csv)
+        return
     summary, per_datapoint = estimate_run(
         path, args.split, estimator=args.estimator, estimator_options=_estimator_options(args),
         num_samples=args.num_samples, num_particles=args.num_particles,
@@ -242,6 +250,10 @@ def _add_evaluate_parser(subparsers) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("run_dir", type=Path, help="a run directory (uses checkpoints/best.pt)")
     add_estimate_arguments(parser)
+    parser.add_argument("--bdmc", type=_positive_int, default=None, metavar="N",
+                        help="bidirectional Monte Carlo instead: simulate N datapoints from the model and bracket their "
+                             "log p(x) by forward and reverse AIS (--ais-steps, --leapfrog, --ais-init; --num-samples "
+                             "chains)")
 
 
 def _add_sample_parser(subparsers) -> None:

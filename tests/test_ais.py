@@ -77,6 +77,21 @@ def test_ais_on_a_small_vae_is_at_least_importance_sampling(tmp_path):
     assert ais["log_likelihood"] > importance["log_likelihood"] - 0.1
     assert per_image["log_likelihood"].shape == (500,)
 
+    import json
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "pyro_vae.cli", "evaluate", str(tmp_path), "--bdmc", "6", "--num-samples", "2",
+               "--ais-steps", "5", "--leapfrog", "2", "--device", "cpu", "--json", str(tmp_path / "bdmc.json"),
+               "--csv", str(tmp_path / "bdmc.csv")]
+    result = subprocess.run(command, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((tmp_path / "bdmc.json").read_text())
+    assert summary["estimator"] == "bdmc" and summary["num_images"] == 6
+    assert summary["estimator_options"] == {"num_steps": 5, "num_chains": 2, "leapfrog_steps": 2, "init": "guide"}
+    assert summary["gap"] == pytest.approx(summary["upper"] - summary["lower"]) and summary["seconds"] > 0
+    assert (tmp_path / "bdmc.csv").read_text().splitlines()[0] == "index,bdmc_lower,bdmc_upper,bdmc_gap"
+
 
 def test_the_command_line_passes_the_ais_settings():
     from pyro_vae.cli import _estimator_options, build_parser
