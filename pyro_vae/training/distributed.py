@@ -85,6 +85,8 @@ def replicas_from_environment(device_name: str, timeout_minutes: float = 30.0) -
                         backend=dist.get_backend())
     try:
         yield replicas
+        if initialised_here:
+            dist.barrier()  # leave together: a rank tearing gloo down while another still talks to it can abort
     finally:
         if initialised_here:
             dist.destroy_process_group()
