@@ -8,6 +8,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from pyro_vae.models.priors import StandardNormalPrior
 from pyro_vae.nets import MIN_SCALE, check_sizes
 
 
@@ -56,12 +57,11 @@ class TwoLayerVAE(nn.Module):
         self.prior1 = _GaussianLayer(z2_dim, hidden2_dim, z1_dim)
         self.decoder = nn.Sequential(nn.Linear(z1_dim, hidden1_dim), nn.Tanh(), nn.Linear(hidden1_dim, hidden1_dim),
                                      nn.Tanh(), nn.Linear(hidden1_dim, x_dim))
-        self.register_buffer("_zero", torch.zeros(()), persistent=False)
+        self.top_prior = StandardNormalPrior(z2_dim)
 
     def top_prior_dist(self, batch_size: int) -> dist.Distribution:
         """p(z2) = Normal(0, I)."""
-        loc = self._zero.expand(batch_size, self.z2_dim)
-        return dist.Normal(loc, torch.ones_like(loc)).to_event(1)
+        return self.top_prior(batch_size)
 
     def lower_prior_dist(self, z2: torch.Tensor) -> dist.Distribution:
         """p(z1|z2)."""

@@ -14,7 +14,7 @@ from torch.nn import functional as F
 from pyro_vae.data.batches import evaluation_split
 from pyro_vae.data.datasets import Dataset
 from pyro_vae.inference.evaluate import active_units, posterior_means
-from pyro_vae.models.semisupervised import LABELLED_WEIGHTINGS, SemiSupervisedPlan
+from pyro_vae.models.semisupervised import SemiSupervisedPlan, check_semisupervised_settings
 from pyro_vae.nets import MIN_SCALE, check_sizes
 from pyro_vae.runs.config import TrainConfig
 
@@ -54,10 +54,7 @@ class M1M2(nn.Module):
 
         super().__init__()
         check_sizes(hidden_dim=hidden_dim, z2_dim=z2_dim, num_classes=num_classes)
-        if labelled_weighting not in LABELLED_WEIGHTINGS:
-            raise ValueError(f"labelled_weighting {labelled_weighting!r} is not one of: {', '.join(LABELLED_WEIGHTINGS)}")
-        if not aux_weight >= 0:
-            raise ValueError(f"aux_weight must be >= 0, got {aux_weight}")
+        check_semisupervised_settings(labels, aux_weight, labelled_weighting)
         m1_run_dir = Path(m1_run).expanduser().resolve()
         m1 = load_run(m1_run_dir)
         images, _ = evaluation_split(m1.dataset, "valid", m1.config.data.binarize, m1.config.train.seed)
@@ -148,6 +145,5 @@ class M1M2(nn.Module):
 
     def training_plan(self, settings: TrainConfig, dataset: Dataset, binarize: str) -> SemiSupervisedPlan:
         """M2's semi-supervised training (labelled and unlabelled batches, y enumerated)."""
-        return SemiSupervisedPlan(self, settings, dataset, binarize, labels=self.labels, aux_weight=self.aux_weight,
-                                  labelled_weighting=self.labelled_weighting)
+        return SemiSupervisedPlan(self, settings, dataset, binarize)
 

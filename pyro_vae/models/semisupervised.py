@@ -177,28 +177,39 @@ def semisupervised_scores(loss: SemiSupervisedLoss, images: torch.Tensor, labels
 LABELLED_WEIGHTINGS = ("pass", "batch")  # how much the labelled terms of a step weigh (see SemiSupervisedBatches)
 
 
+def check_semisupervised_settings(labels: int | None, aux_weight: float, labelled_weighting: str) -> None:
+    """Raise a ValueError naming the first of an M2-like model's training settings that is invalid."""
+    if labels is not None and (not isinstance(labels, int) or isinstance(labels, bool) or labels < 1):
+        raise ValueError(f"labels must be an integer >= 1, got {labels!r}")
+    if not aux_weight >= 0:
+        raise ValueError(f"aux_weight must be >= 0, got {aux_weight}")
+    if labelled_weighting not in LABELLED_WEIGHTINGS:
+        raise ValueError(f"labelled_weighting {labelled_weighting!r} is not one of: {', '.join(LABELLED_WEIGHTINGS)}")
+
+
 class SemiSupervisedPlan:
     """M2's training plan: each step a batch of unlabelled and one of labelled images, the enumerated
     loss, accuracy and the y-summed ELBO on validation and test, ``best.pt`` by validation accuracy.
 
     Args:
         model: an M2-like model with ``model``/``guide`` taking y optionally, ``classifier_model`` /
-            ``classifier_guide`` for the auxiliary term, ``predict`` and ``num_classes``.
+            ``classifier_guide`` for the auxiliary term, ``predict``, ``num_classes`` and its training
+            settings as attributes: ``labels`` (size of the class-balanced labelled subset of the
+            training split), ``aux_weight`` (weight of the classifier term log q(y|x) per labelled
+            image) and ``labelled_weighting`` (``batch``: each drawn labelled image weighs as one
+            unlabelled image; ``pass``: an epoch's labelled terms add up to one pass over the
+            labelled subset), see :func:`check_semisupervised_settings`.
         settings: the run's optimisation settings (the plain ELBO alone: no IWAE, beta or warm-up).
         dataset: labelled training data.
         binarize: how training images are binarized.
-        labels: size of the class-balanced labelled subset of the training split.
-        aux_weight: weight of the classifier term log q(y|x) per labelled image.
-        labelled_weighting: ``batch`` (each drawn labelled image weighs as one unlabelled image) or
-            ``pass`` (an epoch's labelled terms add up to one pass over the labelled subset).
     """
 
     selection_metric = "accuracy"
     scored_splits = ("valid", "test")
 
-    def __init__(self, model: nn.Module, settings: TrainConfig, dataset: Dataset, binarize: str, *, labels: int | None,
-                 aux_weight: float, labelled_weighting: str) -> None:
+    def __init__(self, model: nn.Module, settings: TrainConfig, dataset: Dataset, binarize: str) -> None:
         name = type(model).__name__
+        labels, aux_weight, labelled_weighting = model.labels, model.aux_weight, model.labelled_weighting
         if labels is None:
             raise ConfigError(f"{name} trains semi-supervised and needs labels=N, the number of labelled training "
                               "images (--labels N, e.g. 100)")

@@ -9,7 +9,7 @@ from pyro import poutine
 
 from pyro_vae.data.datasets import Dataset
 from pyro_vae.models.cvae import ConditionalVAE
-from pyro_vae.models.semisupervised import LABELLED_WEIGHTINGS, SemiSupervisedPlan
+from pyro_vae.models.semisupervised import SemiSupervisedPlan, check_semisupervised_settings
 from pyro_vae.nets import MLPClassifier
 from pyro_vae.runs.config import TrainConfig
 
@@ -48,12 +48,7 @@ class SSVAE(ConditionalVAE):
 
     def __init__(self, x_dim: int = 784, z_dim: int = 50, hidden_dim: int = 400, num_classes: int = 10,
                  labels: int | None = None, aux_weight: float = 50.0, labelled_weighting: str = "batch") -> None:
-        if labels is not None and (not isinstance(labels, int) or labels < 1):
-            raise ValueError(f"labels must be an integer >= 1, got {labels!r}")
-        if not aux_weight >= 0:
-            raise ValueError(f"aux_weight must be >= 0, got {aux_weight}")
-        if labelled_weighting not in LABELLED_WEIGHTINGS:
-            raise ValueError(f"labelled_weighting {labelled_weighting!r} is not one of: {', '.join(LABELLED_WEIGHTINGS)}")
+        check_semisupervised_settings(labels, aux_weight, labelled_weighting)
         classifier = MLPClassifier(x_dim, hidden_dim, num_classes)  # built first: the seeded initialisation
         super().__init__(x_dim, z_dim, hidden_dim, num_classes)      # of the published sweep stays the same
         self.classifier = classifier
@@ -61,8 +56,7 @@ class SSVAE(ConditionalVAE):
 
     def training_plan(self, settings: TrainConfig, dataset: Dataset, binarize: str) -> SemiSupervisedPlan:
         """Semi-supervised training with ``labels`` labelled images (see the class docstring)."""
-        return SemiSupervisedPlan(self, settings, dataset, binarize, labels=self.labels, aux_weight=self.aux_weight,
-                                  labelled_weighting=self.labelled_weighting)
+        return SemiSupervisedPlan(self, settings, dataset, binarize)
 
     def label_prior_dist(self, batch_size: int) -> dist.Distribution:
         """p(y) uniform over the classes."""

@@ -20,6 +20,7 @@ from pyro_vae.data.datasets import Dataset, as_dataset, load_dataset
 from pyro_vae.devices import resolve_device
 from pyro_vae.inference.ais import bdmc
 from pyro_vae.inference.estimators import get_estimator
+from pyro_vae.models.semisupervised import classification_accuracy
 from pyro_vae.inference.evaluate import (active_units, bits_per_dim, dataset_elbo_terms, latent_means,
                                          mean_and_standard_error, posterior_means)
 from pyro_vae.runs.checkpoint import CheckpointError, load_checkpoint
@@ -158,10 +159,8 @@ def estimate_run(
     )
     if "ais_acceptance" in per_datapoint:
         summary["acceptance_rate"] = per_datapoint["ais_acceptance"].double().mean().item()
-    predict = getattr(run.model, "predict", None)
-    if callable(predict) and all_labels is not None:
-        summary["accuracy"] = sum(int((predict(x) == y).sum()) for x, y in
-                                  evaluation_batches(images, all_labels, batch_size)) / len(images)
+    if callable(getattr(run.model, "predict", None)) and all_labels is not None:
+        summary["accuracy"] = classification_accuracy(run.model, images, all_labels, batch_size)
     summary["seconds"] = time.perf_counter() - started
     return summary, per_datapoint
 
