@@ -193,8 +193,8 @@ def test_divergence_stops_with_the_epoch_and_step_named_and_keeps_the_last_check
 
 
 def test_resume_accepts_checkpoints_of_earlier_versions(tmp_path, monkeypatch):
-    """Earlier checkpoints named the best score ``best_valid_elbo`` and kept the data directory relative
-    (config.json, written later, holds it resolved)."""
+    """Earlier checkpoints named the best score ``best_valid_elbo``, kept the data directory relative
+    (config.json, written later, holds it resolved) and did not record the validation split's seed."""
     monkeypatch.chdir(tmp_path)
     config = small_config(epochs=1)
     config.data.data_dir = "data"
@@ -204,6 +204,7 @@ def test_resume_accepts_checkpoints_of_earlier_versions(tmp_path, monkeypatch):
         checkpoint = load_checkpoint(path)
         best_score = checkpoint["best_valid_elbo"] = checkpoint.pop("best_valid_score")
         checkpoint["config"]["data"]["data_dir"] = "data"
+        del checkpoint["config"]["data"]["valid_seed"]
         save_checkpoint({key: value for key, value in checkpoint.items() if key != "format_version"}, path)
     assert load_run(Path("run")).config.data.data_dir == "data"  # the checkpoint's own, beside config.json's
     config.train.epochs = 2

@@ -34,7 +34,7 @@ class DataConfig:
     valid_size: int | None = None
     download: bool = True
     shape: list[int] | None = None  # one datapoint's shape, recorded by training (e.g. [1, 28, 28], [2])
-    valid_seed: int | None = None  # the seed validation was carved with, recorded by training (None: train's seed)
+    valid_seed: int | None = None  # the seed validation was carved with, recorded by training (None: the data's own split)
 
 
 @dataclass
@@ -172,9 +172,14 @@ _EARLIER_MODEL_KEYS = ("arch", "hidden_dim", "z_dim", "likelihood", "gaussian_sc
 
 def _upgrade_earlier_version(values: dict[str, Any]) -> dict[str, Any]:
     """A config of an earlier version in today's form: the model's settings become its keyword
-    arguments (28x28 images, the only data then), M2's labels and weights move to the model."""
+    arguments (28x28 images, the only data then), M2's labels and weights move to the model, and
+    a validation split carved before its seed was recorded is recorded as carved with train's seed."""
     model = values.get("model", {})
     data, train = dict(values.get("data", {})), dict(values.get("train", {}))
+    if "data" in values and "valid_seed" not in data:
+        carved = data.get("dataset") not in ("custom", "binarized-mnist")  # binarized-mnist has its own split
+        data["valid_seed"] = train.get("seed", 0) if carved else None
+        values = {**values, "data": data}
     earlier = (any(key in model for key in _EARLIER_MODEL_KEYS) or "labels" in data
                or "aux_weight" in train or "labelled_weighting" in train)
     if not earlier:
