@@ -6,6 +6,7 @@ is measured against; it is never used for training.
 
 from __future__ import annotations
 
+import math
 import platform
 import statistics
 import time
@@ -58,11 +59,40 @@ def plain_vae_loss(vae: VAE, x: torch.Tensor) -> torch.Tensor:
     return (reconstruction + kl) / x.shape[0]
 
 
-def bare_decoder_log_density(vae: VAE, x: torch.Tensor, num_samples: int, chunk_size: int) -> torch.Tensor:
-    """The evaluation floor: decoder forward on K x batch codes and the Bernoulli log-density, nothing else."""
-    totals = []
+def hand_written_epoch(vae: VAE, images: torch.Tensor, batch_size: int) -> Callable[[], None]:
+    """An epoch as a user would write it, with its own data pipeline: shuffle, slice, ``torch.bernoulli``
+    (dynamic binarization), the hand-written loss, fused Adam; the loss read once at the end."""
+    optimizer = torch.optim.Adam(vae.parameters(), lr=1e-3, fused=True)
+
+    def epoch() -> None:
+        total = torch.zeros((), device=images.device)
+        order = torch.randperm(len(images), device=images.device)
+        for start in range(0, len(images), batch_size):
+            x = torch.bernoulli(images[order[start : start + batch_size]])
+            loss = plain_vae_loss(vae, x)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += loss.detach()
+        total.item()
+
+    return epoch
+
+
+def hand_written_log_likelihood(vae: VAE, x: torch.Tensor, num_samples: int, chunk_size: int) -> torch.Tensor:
+    """Importance-sampled log p(x) by hand: the encoder once, K reparameterized draws from q(z|x) in
+    chunks, the decoder, Bernoulli log p(x|z), Normal log p(z) and log q(z|x), logsumexp in float64."""
+    loc, scale = vae.encoder(x)
+    log_weights = []
     for start in range(0, num_samples, chunk_size):
-        z = torch.randn(min(chunk_size, num_samples - start), x.shape[0], vae.z_dim, device=x.device)
+        noise = torch.randn(min(chunk_size, num_samples - start), *loc.shape, device=x.device)
+        z = loc + scale * noise
         logits = vae.decoder(z)
-        totals.append(-F.binary_cross_entropy_with_logits(logits, x.expand_as(logits), reduction="none").sum(-1))
-    return torch.cat(totals)
+        log_px_given_z = -F.binary_cross_entropy_with_logits(logits, x.expand_as(logits), reduction="none").sum(-1)
+        log_pz = (-0.5 * z**2 - _HALF_LOG_TWO_PI).sum(-1)
+        log_qz = (-0.5 * noise**2 - torch.log(scale) - _HALF_LOG_TWO_PI).sum(-1)
+        log_weights.append(log_px_given_z + log_pz - log_qz)
+    return torch.logsumexp(torch.cat(log_weights).double(), 0) - math.log(num_samples)
+
+
+_HALF_LOG_TWO_PI = 0.5 * math.log(2 * math.pi)

@@ -81,7 +81,7 @@ RUN_OPTIONS = {"dataset": ("data", "dataset"), "data_dir": ("data", "data_dir"),
                "valid_size": ("data", "valid_size"), "download": ("data", "download"),
                **{name: ("train", name) for name in ("objective", "num_particles", "gradient", "beta", "kl_warmup_epochs",
                                                      "batch_size", "eval_batch_size", "lr", "lr_decay", "patience",
-                                                     "seed", "device", "fast", "compile")}}
+                                                     "seed", "device", "fast", "capture", "compile")}}
 
 
 def _model_arg(text: str) -> tuple[str, object]:
@@ -164,9 +164,13 @@ def _add_train_parser(subparsers) -> argparse.ArgumentParser:
                        help="multiply the learning rate by this after every epoch (1: constant)")
     group.add_argument("--patience", type=_positive_int, default=train.patience,
                        help="stop early after this many epochs without a better validation score (default: never)")
-    group.add_argument("--fast", action="store_true",
-                       help="the fused Adam kernel, and Pyro's validation of distributions and sites on the first "
-                            "step of each epoch only")
+    group.add_argument("--fast", action="store_true", default=train.fast,
+                       help="the default: the fused Adam kernel, and Pyro's validation of distributions and sites on "
+                            "the first step of each epoch only")
+    group.add_argument("--validate-every-step", dest="fast", action="store_false",
+                       help="Pyro validates distributions and sites on every step, and Adam runs unfused")
+    group.add_argument("--no-capture", dest="capture", action="store_false", default=train.capture,
+                       help="run Pyro's model and guide every step instead of replaying the step recorded as a graph")
     group.add_argument("--compile", action="store_true",
                        help="compile the networks with torch.compile (eager if that fails, with a warning)")
     group.add_argument("--seed", type=int, default=train.seed)
@@ -214,7 +218,8 @@ def run_estimate(path: Path, args: argparse.Namespace) -> None:
     files asked for."""
     if getattr(args, "bdmc", None):
         summary, per_datapoint = bdmc_run(path, args.bdmc, num_steps=args.ais_steps, num_chains=args.num_samples,
-                                          leapfrog_steps=args.leapfrog, init=args.ais_init, device=args.device)
+                                          leapfrog_steps=args.leapfrog, init=args.ais_init, device=args.device,
+                                          progress=not args.no_progress)
         _print_summary(summary, args.json)
         if args.csv is not None:
             write_per_datapoint_csv(per_datapoint, args.csv)

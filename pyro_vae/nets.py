@@ -1,4 +1,4 @@
-"""Plain torch networks for encoders and decoders (no Pyro here).
+"""Plain torch networks for encoders and decoders, and the one-hot encoding of class labels.
 
 The MLP matches pyro-ppl's examples/vae/vae.py (one softplus hidden layer each way), so
 results compare with it; the conv pair is for 28x28 images.
@@ -7,6 +7,7 @@ results compare with it; the conv pair is for 28x28 images.
 from __future__ import annotations
 
 import torch
+from pyro.infer.util import is_validation_enabled
 from torch import nn
 from torch.nn import functional as F
 
@@ -90,6 +91,14 @@ class ConvDecoder(nn.Module):
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         features = self.project(z.reshape(-1, z.shape[-1])).reshape(-1, 64, 7, 7)
         return self.upsample(features).reshape(*z.shape[:-1], 28 * 28)
+
+
+def one_hot(y: torch.Tensor, num_classes: int, dtype: torch.dtype) -> torch.Tensor:
+    """Class indices as one-hot rows, by comparison rather than ``F.one_hot`` (which reads the labels'
+    range on the host, so a step using it cannot be captured); the range is checked while Pyro validates."""
+    if is_validation_enabled() and y.numel() and not bool(((y >= 0) & (y < num_classes)).all()):
+        raise ValueError(f"class labels must lie in 0..{num_classes - 1}; got values from {int(y.min())} to {int(y.max())}")
+    return (y.long().unsqueeze(-1) == torch.arange(num_classes, device=y.device)).to(dtype)
 
 
 def check_sizes(**sizes: int) -> None:

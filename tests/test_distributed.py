@@ -18,6 +18,7 @@ from pyro_vae.training.distributed import (Replicas, ReplicasOutOfSync, ShardedB
                                   replicas_from_environment, seed_rank_for_epoch, wrap_loss)
 from pyro_vae.inference.objectives import NegativeELBO, make_objective
 from pyro_vae.models.semisupervised import SemiSupervisedBatches
+from pyro_vae.training.capture import EagerStep
 from pyro_vae.training.trainer import train_steps
 
 WORLD_SIZE = 2
@@ -76,7 +77,8 @@ def _first_step_gradients(replicas: Replicas, images: torch.Tensor) -> dict[str,
                              loss_module.num_images)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
     with mock.patch("torch.distributions.normal._standard_normal", fixed_standard_normal):
-        train_steps(1, 0, loss_module, optimizer, batches, TrainConfig(), False, wrap_loss(loss_module, replicas))
+        train_steps(1, 0, loss_module, optimizer, batches, TrainConfig(), False,
+                    EagerStep(loss_module, wrap_loss(loss_module, replicas)))
     return {name: parameter.grad.clone() for name, parameter in model.named_parameters()}
 
 
@@ -88,7 +90,8 @@ def _trained_model(replicas: Replicas, images: torch.Tensor) -> torch.nn.Module:
     batches = ShardedBatches(EpochBatches(images, None, 64, "dynamic", seed=5), replicas, loss_module.num_images)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     seed_rank_for_epoch(0, 1, replicas)
-    train_steps(1, 0, loss_module, optimizer, batches, TrainConfig(), False, wrap_loss(loss_module, replicas))
+    train_steps(1, 0, loss_module, optimizer, batches, TrainConfig(), False,
+                    EagerStep(loss_module, wrap_loss(loss_module, replicas)))
     return model
 
 

@@ -64,7 +64,7 @@ def test_training_with_fast_falls_back_and_finishes_when_compilation_fails(tmp_p
     monkeypatch.setattr(torch, "compile", lambda function, *a, **k: (_ for _ in ()).throw(RuntimeError("no backend")))
     config = RunConfig(data=DataConfig(dataset="mnist-sample", valid_size=500, download=False),
                        model=ModelConfig("vae", {"hidden_dim": 32, "z_dim": 4}),
-                       train=TrainConfig(epochs=1, batch_size=100, device="cpu", compile=True))
+                       train=TrainConfig(epochs=1, batch_size=100, device="cpu", compile=True, capture=False))
     with caplog.at_level(logging.WARNING):
         result = fit_config(config, tmp_path / "run", progress=False)
     assert "training continues without compilation" in caplog.text

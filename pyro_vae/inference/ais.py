@@ -22,6 +22,7 @@ from pyro import poutine
 from pyro.ops.integrator import velocity_verlet
 from pyro.poutine.util import prune_subsample_sites
 from torch import nn
+from tqdm.auto import tqdm
 
 from pyro_vae.inference.estimators import register_estimator
 from pyro_vae.inference.evaluate import over_batches
@@ -102,10 +103,10 @@ def _initial_state(model_obj: nn.Module, x: torch.Tensor, y: torch.Tensor | None
 
 
 def _run(model_obj, x, y, *, betas, num_chains, leapfrog_steps, init, step_sizes, target_acceptance, adapt,
-         state=None):
+         state=None, progress: str | None = None):
     """One AIS pass along ``betas`` (rising: forward; falling: the reverse chain of BDMC) from ``state``
     (default: draws from the path's start); returns the log-weights (chains, batch), the step sizes used
-    per step and the acceptance rate."""
+    per step and the acceptance rate. ``progress``: a progress bar (with its ETA) of that description."""
     densities = _Densities(model_obj, x, y, num_chains)
     state = _initial_state(model_obj, x, y, num_chains, init) if state is None else state
 
@@ -123,7 +124,7 @@ def _run(model_obj, x, y, *, betas, num_chains, leapfrog_steps, init, step_sizes
     used, accepted = [], []
     with torch.no_grad():
         base, joint, likelihood = annealed_terms(state)
-    for t in range(1, len(betas)):
+    for t in tqdm(range(1, len(betas)), desc=progress, leave=False, disable=progress is None or None):
         beta, previous = float(betas[t]), float(betas[t - 1])
         annealed = (joint - base) if init == "guide" else likelihood
         log_weights += (beta - previous) * annealed.double()
@@ -183,13 +184,15 @@ def ais_log_likelihood(
     init: str = "guide",
     target_acceptance: float = 0.65,
     pilot: bool = True,
+    progress: bool = False,
 ) -> AISResult:
     """Per-datapoint AIS estimate of log p(x) (log p(x|y) for a model given labels): the log-mean over
     ``num_chains`` chains of the AIS weights, in float64.
 
     With ``pilot`` a first AIS run tunes one HMC step size per datapoint and annealing step towards
     ``target_acceptance``; the reported run uses them frozen. With ``num_steps=1`` and ``init="guide"``
-    the estimate is importance sampling with ``num_chains`` samples of the guide.
+    the estimate is importance sampling with ``num_chains`` samples of the guide. ``progress``: bars
+    over the annealing steps of each run, with their ETA.
     """
     if init not in INITS:
         raise ValueError(f"unknown init {init!r}; use {' or '.join(INITS)}")
@@ -199,9 +202,15 @@ def ais_log_likelihood(
     betas = annealing_schedule(num_steps, schedule)
     options = dict(betas=betas, num_chains=num_chains, leapfrog_steps=leapfrog_steps, init=init,
                    target_acceptance=target_acceptance)
-    step_sizes = _run(model_obj, x, y, step_sizes=None, adapt=True, **options)[1] if pilot else None
-    log_weights, _, acceptance = _run(model_obj, x, y, step_sizes=step_sizes, adapt=step_sizes is None, **options)
+    step_sizes = _run(model_obj, x, y, step_sizes=None, adapt=True, progress=_bar("AIS pilot", progress),
+                      **options)[1] if pilot else None
+    log_weights, _, acceptance = _run(model_obj, x, y, step_sizes=step_sizes, adapt=step_sizes is None,
+                                      progress=_bar(f"AIS, T={num_steps}", progress), **options)
     return AISResult(torch.logsumexp(log_weights, 0) - math.log(num_chains), acceptance)
+
+
+def _bar(description: str, progress: bool) -> str | None:
+    return description if progress else None
 
 
 @dataclass
@@ -235,8 +244,8 @@ def simulate(model_obj: nn.Module, num: int, x_dim: int, y: torch.Tensor | None 
 
 
 def bdmc(model_obj: nn.Module, num_images: int, x_dim: int, *, num_steps: int = 100, num_chains: int = 16,
-         leapfrog_steps: int = 10, schedule: str = "sigmoid", init: str = "guide", target_acceptance: float = 0.65
-         ) -> BDMCResult:
+         leapfrog_steps: int = 10, schedule: str = "sigmoid", init: str = "guide", target_acceptance: float = 0.65,
+         progress: bool = False) -> BDMCResult:
     """Bidirectional Monte Carlo (Grosse et al., 2015; Wu et al., 2017): simulate ``num_images`` pairs
     (x, z) from the model, run forward AIS on x (a stochastic lower bound of log p(x)) and reverse AIS
     from the exact z, annealing from p(z|x) back to the start (a stochastic upper bound). The step
@@ -244,12 +253,14 @@ def bdmc(model_obj: nn.Module, num_images: int, x_dim: int, *, num_steps: int = 
     x, exact = simulate(model_obj, num_images, x_dim)
     betas = annealing_schedule(num_steps, schedule)
     options = dict(num_chains=num_chains, leapfrog_steps=leapfrog_steps, init=init, target_acceptance=target_acceptance)
-    step_sizes = _run(model_obj, x, None, betas=betas, step_sizes=None, adapt=True, **options)[1]
-    forward, _, _ = _run(model_obj, x, None, betas=betas, step_sizes=step_sizes, adapt=False, **options)
+    step_sizes = _run(model_obj, x, None, betas=betas, step_sizes=None, adapt=True,
+                      progress=_bar("BDMC pilot", progress), **options)[1]
+    forward, _, _ = _run(model_obj, x, None, betas=betas, step_sizes=step_sizes, adapt=False,
+                         progress=_bar("BDMC forward", progress), **options)
     start = {name: value.expand((num_chains,) + value.shape).clone() for name, value in exact.items()}
     reverse_sizes = [step_sizes[max(num_steps - j - 1, 0)] for j in range(1, num_steps + 1)]
     reverse, _, _ = _run(model_obj, x, None, betas=betas.flip(0), step_sizes=reverse_sizes, adapt=False, state=start,
-                         **options)
+                         progress=_bar("BDMC reverse", progress), **options)
     log_mean = lambda weights: torch.logsumexp(weights, 0) - math.log(num_chains)  # noqa: E731
     return BDMCResult(lower=log_mean(forward), upper=-log_mean(reverse), x=x)
 
@@ -264,7 +275,7 @@ def annealed_importance_sampling(model: nn.Module, images: torch.Tensor, labels:
 
     def score(x, y):
         result = ais_log_likelihood(model, x, y, num_steps=num_steps, num_chains=num_samples,
-                                    leapfrog_steps=leapfrog_steps, schedule=schedule, init=init)
+                                    leapfrog_steps=leapfrog_steps, schedule=schedule, init=init, progress=progress)
         return {"log_likelihood": result.log_likelihood,
                 "ais_acceptance": torch.full_like(result.log_likelihood, result.acceptance_rate)}
 

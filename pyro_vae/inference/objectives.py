@@ -8,12 +8,12 @@ log q(z|x) - log p(z) are read off them for free: no second forward pass, no re-
 from __future__ import annotations
 
 import math
-from contextlib import nullcontext
 
 import pyro
 import torch
 from pyro import poutine
 from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
+from pyro.infer.util import is_identically_zero
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import prune_subsample_sites
 from torch import nn
@@ -63,7 +63,37 @@ class _KeepsTraces:
 
 
 class RecordedTrace_ELBO(_KeepsTraces, Trace_ELBO):
-    """:class:`pyro.infer.Trace_ELBO` that keeps its traces for reporting the ELBO's terms."""
+    """:class:`pyro.infer.Trace_ELBO` that keeps its traces for reporting the ELBO's terms.
+
+    When every latent site of the guide is reparameterized, the loss is sum log q(z|x) - sum log p(x, z)
+    over the traces' sites, computed on the device: the same value and gradient as Pyro's, without
+    its reading of every site's log-density to the host (a synchronisation per step on a GPU, and a
+    step that could not be captured as a graph, see :mod:`pyro_vae.training.capture`). Guides with
+    non-reparameterized sites get Pyro's score-function estimator as it is.
+    """
+
+    def differentiable_loss(self, model, guide, *args, **kwargs):
+        self.traces = []
+        traces = list(self._get_traces(model, guide, args, kwargs))
+        if not all(_reparameterized(guide_trace) for _, guide_trace in traces):
+            return _pyro_surrogate_loss(self, traces)
+        elbo = sum(model_trace.log_prob_sum() - guide_trace.log_prob_sum() for model_trace, guide_trace in traces)
+        return -elbo / self.num_particles
+
+
+def _reparameterized(guide_trace) -> bool:
+    """Whether no sample site of ``guide_trace`` needs a score-function term."""
+    return all(is_identically_zero(site["score_parts"].score_function)
+               for site in guide_trace.nodes.values() if site["type"] == "sample")
+
+
+def _pyro_surrogate_loss(elbo: Trace_ELBO, traces: list) -> torch.Tensor:
+    """Pyro's Trace_ELBO loss (value of the ELBO, gradient of its surrogate) over already-run traces."""
+    loss = surrogate = 0.0
+    for model_trace, guide_trace in traces:
+        particle_loss, particle_surrogate = elbo._differentiable_loss_particle(model_trace, guide_trace)
+        loss, surrogate = loss + particle_loss / elbo.num_particles, surrogate + particle_surrogate / elbo.num_particles
+    return loss + (surrogate - surrogate.detach())
 
 
 class RecordedTraceMeanField_ELBO(_KeepsTraces, TraceMeanField_ELBO):
@@ -221,10 +251,22 @@ class NegativeELBO(nn.Module):
         super().__init__()
         self.model = model
         self.elbo = elbo
+        # the weight as a tensor too, read by the step: a captured step replays it as an input
+        device = next(model.parameters(), torch.empty(0)).device
+        self.register_buffer("kl_weight_tensor", torch.tensor(float(kl_weight), device=device), persistent=False)
         self.kl_weight = kl_weight
 
+    @property
+    def kl_weight(self) -> float:
+        return self._kl_weight
+
+    @kl_weight.setter
+    def kl_weight(self, value: float) -> None:
+        self._kl_weight = float(value)
+        self.kl_weight_tensor.fill_(self._kl_weight)
+
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        with ScaleLatents(self.kl_weight) if self.kl_weight != 1.0 else nullcontext():
+        with ScaleLatents(self.kl_weight_tensor):
             loss = self.elbo.differentiable_loss(self.model.model, self.model.guide, x, y)
         self._last_loss, self._last_num_images = loss.detach(), x.shape[0]
         return loss

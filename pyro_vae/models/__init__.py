@@ -21,6 +21,11 @@ No base class is needed. Optional, each switching on a feature when present:
   site in a trace of the model, whose latent sites are then drawn from the prior);
 - ``training_plan(settings, dataset, binarize)``: a family's own training
   (:mod:`pyro_vae.training.plan`; default: the chosen ELBO on mini-batches).
+
+Training replays each step from a graph recorded on the first batch of each shape
+(:mod:`pyro_vae.training.capture`). A model whose model or guide reads a tensor's value in Python,
+or whose guide has sites without reparameterization, trains eagerly (the log says why); Python
+state that changes between steps must live in tensors (or the loss module sets ``capturable = False``).
 """
 
 from pyro_vae.models.cvae import ConditionalVAE

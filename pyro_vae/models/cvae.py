@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from pyro_vae.nets import MLPDecoder, MLPEncoder, check_sizes
+from pyro_vae.nets import MLPDecoder, MLPEncoder, check_sizes, one_hot
 
 
 def _concat_broadcast(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -104,7 +104,7 @@ class ConditionalVAE(nn.Module):
         return y
 
     def _one_hot(self, y: torch.Tensor) -> torch.Tensor:
-        return F.one_hot(y.long(), self.num_classes).to(self._dtype())
+        return one_hot(y, self.num_classes, self._dtype())
 
     def _device(self) -> torch.device:
         return next(self.parameters()).device

@@ -15,7 +15,7 @@ from pyro_vae.data.batches import evaluation_split
 from pyro_vae.data.datasets import Dataset
 from pyro_vae.inference.evaluate import active_units, posterior_means
 from pyro_vae.models.semisupervised import SemiSupervisedPlan, check_semisupervised_settings
-from pyro_vae.nets import MIN_SCALE, check_sizes
+from pyro_vae.nets import MIN_SCALE, check_sizes, one_hot
 from pyro_vae.runs.config import TrainConfig
 
 
@@ -86,7 +86,7 @@ class M1M2(nn.Module):
         return self
 
     def _one_hot(self, y: torch.Tensor) -> torch.Tensor:
-        return F.one_hot(y.long(), self.num_classes).to(self.inactive_means.dtype)
+        return one_hot(y, self.num_classes, self.inactive_means.dtype)
 
     @staticmethod
     def _join(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

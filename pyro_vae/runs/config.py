@@ -67,8 +67,13 @@ class TrainConfig:
     patience: int | None = None  # stop after this many epochs without a better validation score
     seed: int = 0
     device: str = "auto"
-    fast: bool = False  # fused Adam; Pyro's validation on each epoch's first step only (see pyro_vae.training.fast_path)
+    fast: bool = True  # fused Adam; Pyro's validation on each epoch's first step only (see pyro_vae.training.fast_path)
+    capture: bool = True  # replay the step from a recorded graph where it can be (see pyro_vae.training.capture)
     compile: bool = False  # torch.compile the networks, eager when that fails (see pyro_vae.training.fast_path)
+
+
+# How fast a run trains, not what it computes: a run resumes under other values of these.
+SPEED_SETTINGS = ("train.fast", "train.capture", "train.compile")
 
 
 @dataclass
@@ -200,7 +205,9 @@ def _upgrade_earlier_version(values: dict[str, Any]) -> dict[str, Any]:
 
 
 def config_differences(requested: RunConfig, saved: RunConfig, ignore: tuple[str, ...] = ()) -> list[str]:
-    """Settings that differ, as ``section.name: saved X, requested Y`` (``ignore`` by section or dotted name)."""
+    """Settings that differ, as ``section.name: saved X, requested Y`` (``ignore`` by section or dotted name;
+    :data:`SPEED_SETTINGS` always)."""
+    ignore = ignore + SPEED_SETTINGS
     differences = []
     saved_values, requested_values = saved.to_dict(), requested.to_dict()
     for section, values in saved_values.items():

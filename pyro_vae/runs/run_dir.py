@@ -166,7 +166,7 @@ def estimate_run(
 
 
 def bdmc_run(path: str | Path, num_images: int, *, num_steps: int = 100, num_chains: int = 16,
-             leapfrog_steps: int = 10, init: str = "guide", device: str = "auto"
+             leapfrog_steps: int = 10, init: str = "guide", device: str = "auto", progress: bool = True
              ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """Bidirectional Monte Carlo (:func:`pyro_vae.bdmc`) for a run's best checkpoint on ``num_images``
     datapoints simulated from it: mean lower and upper bounds of log p(x), their gap, the settings and
@@ -175,7 +175,7 @@ def bdmc_run(path: str | Path, num_images: int, *, num_steps: int = 100, num_cha
     run = load_run(path, device)
     pyro.set_rng_seed(run.config.train.seed)
     result = bdmc(run.model, num_images, run.dataset.x_dim, num_steps=num_steps, num_chains=num_chains,
-                  leapfrog_steps=leapfrog_steps, init=init)
+                  leapfrog_steps=leapfrog_steps, init=init, progress=progress)
     per_datapoint = {"bdmc_lower": result.lower, "bdmc_upper": result.upper, "bdmc_gap": result.gap}
     summary: dict[str, Any] = {
         "checkpoint": str(run.checkpoint_path), "epoch": run.checkpoint["epoch"], "model": run.config.model.model,

@@ -57,13 +57,13 @@ def compile_networks(loss_module: nn.Module, example_batch: tuple) -> bool:
         probe(*example_batch).backward()
     except Exception as error:  # noqa: BLE001 - dynamo, inductor and the C++ toolchain raise many types
         logger.warning("torch.compile did not work here (%s: %s); training continues without compilation",
-                       type(error).__name__, _first_line(error))
+                       type(error).__name__, first_line(error))
         return False
     for network in networks_of(loss_module.model):
         network.compile()
     return True
 
 
-def _first_line(error: BaseException) -> str:
+def first_line(error: BaseException) -> str:
     text = str(error).strip()
     return text.splitlines()[0] if text else "no message"

@@ -35,6 +35,7 @@ from pyro_vae.runs.layout import BEST_CHECKPOINT, CONFIG_FILE, LAST_CHECKPOINT, 
 from pyro_vae.training.distributed import (Replicas, ShardedBatches, barrier, broadcast_from_main,
                                            check_replicas_in_sync, device_of, reduce_min, reduce_sum,
                                            replicas_from_environment, seed_rank_for_epoch, wrap_loss)
+from pyro_vae.training.capture import CapturedStep, EagerStep
 from pyro_vae.training.fast_path import compile_networks, make_adam
 from pyro_vae.training.plan import TrainingPlan, training_plan
 from pyro_vae.training.tensorboard_log import TensorBoardLog, summary_writer_class
@@ -199,13 +200,16 @@ class Trainer:
     def run(self) -> FitResult:
         settings, replicas, options = self.settings, self.replicas, self.options
         loss_module = self.plan.loss_module
-        if settings.compile and compile_networks(loss_module, next(iter(self.batches.epoch(1)))[0]):
+        eager_because = self._eager_because()
+        compiled = (settings.compile and eager_because is not None
+                    and compile_networks(loss_module, next(iter(self.batches.epoch(1)))[0]))
+        if compiled:
             logger.info("networks compiled with torch.compile")
         self.optimizer = make_adam(self.model.parameters(), settings.lr, fused=settings.fast)
         if options.resume:
             self._restore()
             logger.info("resuming after epoch %d (step %d)", self.state.epoch, self.state.step)
-        self.forward = wrap_loss(loss_module, replicas)
+        self.step = self._training_step(loss_module, eager_because)
         if replicas.is_main:
             if options.resume:
                 _truncate_metrics(self.run_dir / METRICS_FILE, self.state.epoch)
@@ -236,6 +240,22 @@ class Trainer:
             if self.log is not None:
                 self.log.close()
 
+    def _eager_because(self) -> str | None:
+        """Why this run's steps cannot be captured (see :mod:`pyro_vae.training.capture`), or None."""
+        settings = self.settings
+        return ("--no-capture" if not settings.capture else
+                "data-parallel training" if self.replicas.is_distributed else
+                "--detect-anomaly" if self.options.detect_anomaly else
+                "Pyro validates every step (--validate-every-step)" if not settings.fast else None)
+
+    def _training_step(self, loss_module: nn.Module, eager_because: str | None) -> EagerStep | CapturedStep:
+        """The captured step (its graphs compiled with ``--compile``), or the eager one and why."""
+        if eager_because is None:
+            return CapturedStep(loss_module, compile=self.settings.compile)
+        if self.settings.capture:
+            logger.info("training step not captured: %s; Pyro runs the model and guide every step", eager_because)
+        return EagerStep(loss_module, wrap_loss(loss_module, self.replicas))
+
     def _patience_ran_out(self) -> bool:
         """Early stopping: ``patience`` epochs have passed since the best validation score (rank 0's count),
         counted from the end of the KL warm-up at the earliest (the objective still changes during it)."""
@@ -264,7 +284,7 @@ class Trainer:
         self.model.train()
         totals, first_nonfinite_step = train_steps(epoch, state.step, loss_module, self.optimizer, self.batches,
                                                    self.settings, self.options.progress and replicas.is_main,
-                                                   self.forward, self.plan.before_step)
+                                                   self.step, self.plan.before_step)
         first_nonfinite_step = reduce_min(first_nonfinite_step, replicas)
         _stop_if_diverged(first_nonfinite_step, self.model, epoch, state.epoch, self.run_dir)
         check_replicas_in_sync(self.model, replicas)
@@ -384,45 +404,43 @@ def _distributed_settings(train_config: TrainConfig, replicas: Replicas) -> Dist
 
 
 def train_steps(epoch: int, first_step: int, loss_module, optimizer, batches, train_config,
-                progress: bool, forward: nn.Module | None = None,
+                progress: bool, step: EagerStep | CapturedStep | None = None,
                 before_step: Callable[[int, int], None] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """One pass over the training data. Returns the loss module's statistics summed over the epoch
     and the first step (counted from 1 over the run) whose loss was not finite, inf if none; both
     stay on the device, so there is no per-step host synchronisation.
 
     ``batches`` is a :class:`~pyro_vae.distributed.ShardedBatches` or batches of one process;
-    ``forward`` calls ``loss_module`` (DistributedDataParallel around it when distributed). With
-    ``train_config.fast`` Pyro validates distributions and sites on the epoch's first step only.
-    ``before_step(step, steps_per_epoch)`` runs before each step (a plan's KL warm-up).
+    ``step`` runs a step's forward and backward (:class:`~pyro_vae.training.capture.EagerStep` by
+    default, or the captured step). With ``train_config.fast`` Pyro validates distributions and
+    sites on the epoch's first step only. ``before_step(step, steps_per_epoch)`` runs before each
+    step (a plan's KL warm-up).
     """
     if not isinstance(batches, ShardedBatches):
         batches = ShardedBatches(batches, Replicas(), loss_module.num_images)
-    forward = forward or loss_module
+    step_function = step or EagerStep(loss_module)
     device = next(loss_module.parameters()).device
     totals = None
     step_counter = torch.full((), float(first_step), device=device)
     first_nonfinite_step = torch.full((), math.inf, device=device)
     bar = tqdm(batches.epoch(epoch), total=len(batches), desc=f"epoch {epoch}", leave=False,
                disable=not progress or None)
-    for step, (batch, images_per_rank) in enumerate(bar, start=first_step):
-        validate = not train_config.fast or step == first_step
+    for step_index, (batch, images_per_rank) in enumerate(bar, start=first_step):
+        validate = not train_config.fast or step_index == first_step
         if before_step is not None:
-            before_step(step, len(batches))
+            before_step(step_index, len(batches))
+        optimizer.zero_grad(set_to_none=True)
         try:
-            with pyro.validation_enabled(validate):
-                loss = forward(*batch)
+            loss, statistics = step_function(batch, images_per_rank, validate)
         except ValueError:  # distribution validation meets NaN parameters before the loss can
             if _parameters_finite(loss_module.model):
                 raise
-            first_nonfinite_step.clamp_(max=step + 1)
+            first_nonfinite_step.clamp_(max=step_index + 1)
             break
-        optimizer.zero_grad(set_to_none=True)
-        (loss / images_per_rank).backward()
         optimizer.step()
-        statistics = loss_module.last_statistics()
         totals = statistics if totals is None else totals + statistics
         step_counter += 1
-        first_nonfinite_step = torch.where(torch.isfinite(loss.detach()), first_nonfinite_step,
+        first_nonfinite_step = torch.where(torch.isfinite(loss), first_nonfinite_step,
                                            torch.minimum(first_nonfinite_step, step_counter))
     return totals, first_nonfinite_step
 
