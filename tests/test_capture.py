@@ -12,7 +12,7 @@ from torch import nn
 
 from pyro_vae import fit
 from pyro_vae.inference.objectives import NegativeELBO, make_objective
-from pyro_vae.models import VAE
+from pyro_vae.models import SSVAE, VAE, ConditionalVAE
 from pyro_vae.training.capture import CapturedStep, EagerStep
 
 
@@ -21,13 +21,18 @@ def images(count: int = 300, seed: int = 0) -> torch.Tensor:
     return torch.rand(count, 784, generator=generator)
 
 
-def train(tmp_path, name, model_factory, caplog, **settings):
-    """One small run; returns its metrics, its final weights and the log."""
+def labels(count: int = 300, seed: int = 0) -> torch.Tensor:
+    return torch.randint(0, 10, (count,), generator=torch.Generator().manual_seed(seed))
+
+
+def train(tmp_path, name, model_factory, caplog, data=None, **settings):
+    """One small run (300 grey images, or ``data``); returns its metrics, its final weights and the log."""
     torch.manual_seed(0)
     model = model_factory()
+    train_data, valid_data = data or (images(), images(100, seed=1))
     caplog.clear()
     with caplog.at_level(logging.INFO):
-        fit(model, images(), valid=images(100, seed=1), out=tmp_path / name, epochs=2, batch_size=64, lr=1e-3,
+        fit(model, train_data, valid=valid_data, out=tmp_path / name, epochs=2, batch_size=64, lr=1e-3,
             device="cpu", progress=False, **{"kl_warmup_epochs": 1, **settings})
     metrics = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
     state = torch.load(tmp_path / name / "checkpoints" / "last.pt", weights_only=False)["model"]
@@ -56,6 +61,58 @@ def test_a_captured_run_computes_what_the_eager_run_computes(tmp_path, caplog, s
     if settings["objective"] == "elbo":  # the warm-up weighed the KL term below 1 in epoch 1
         assert captured[0][0]["train"]["loss"] < -captured[0][0]["train"]["elbo"] - 0.1
     assert_same_training(captured, eager)
+
+
+class LinearGaussian(nn.Module):
+    """A model written here: factor analysis with an amortized linear guide, on real-valued data."""
+
+    observes_binary_data = False
+
+    def __init__(self, x_dim=5, z_dim=2):
+        super().__init__()
+        self.z_dim = z_dim
+        self.loading = nn.Linear(z_dim, x_dim)
+        self.log_noise = nn.Parameter(torch.zeros(x_dim))
+        self.encoder = nn.Linear(x_dim, 2 * z_dim)
+
+    def model(self, x, y=None):
+        with pyro.plate("data", x.shape[0]):
+            zeros = x.new_zeros(x.shape[0], self.z_dim)
+            z = pyro.sample("z", dist.Normal(zeros, 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(self.loading(z), self.log_noise.exp()).to_event(1), obs=x)
+
+    def guide(self, x, y=None):
+        with pyro.plate("data", x.shape[0]):
+            loc, log_scale = self.encoder(x).chunk(2, -1)
+            pyro.sample("z", dist.Normal(loc, log_scale.exp()).to_event(1))
+
+
+def real_valued(count, seed):
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(count, 2, generator=generator) @ torch.randn(2, 5, generator=generator) + 0.1 * torch.randn(
+        count, 5, generator=generator)
+
+
+@pytest.mark.parametrize("family", ["cvae", "linear-gaussian"])
+def test_other_families_captured_train_as_they_do_eagerly(tmp_path, caplog, family):
+    """The CVAE (labels passed as y, one-hot by comparison) and a model written here."""
+    if family == "cvae":
+        factory, data = (lambda: ConditionalVAE(hidden_dim=32, z_dim=4)), ((images(), labels()), (images(100, 1), labels(100, 1)))
+    else:
+        factory, data = LinearGaussian, (real_valued(300, 0), real_valued(100, 1))
+    captured = train(tmp_path, "captured", factory, caplog, data=data)
+    assert captured[2].count("training step captured as a graph") == 2
+    assert_same_training(captured, train(tmp_path, "eager", factory, caplog, data=data, capture=False))
+
+
+def test_m2_trains_eagerly_and_says_why(tmp_path, caplog):
+    """Enumerating the class (TraceEnum_ELBO) reads tensor values in Pyro: M2 is not captured."""
+    factory = lambda: SSVAE(hidden_dim=32, z_dim=4, labels=20)  # noqa: E731
+    data = ((images(), labels()), (images(100, 1), labels(100, 1)))
+    metrics, _, log = train(tmp_path, "m2", factory, caplog, data=data, kl_warmup_epochs=0)
+    assert ("training step not captured: recording it failed: a tensor's value is read in Python (.item(), bool() or "
+            "data-dependent control flow) at infer/util.py") in log
+    assert len(metrics) == 2 and "accuracy" in metrics[-1]["valid"]
 
 
 class ThresholdedVAE(VAE):

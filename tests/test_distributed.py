@@ -150,7 +150,9 @@ def test_out_of_sync_replicas_are_detected_on_every_rank(two_rank_results):
 def torchrun(*args, cwd):
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={WORLD_SIZE}",
                "-m", "pyro_vae.cli", "train", *args]
-    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=600)
+    # a rank that aborts prints its Python stack into stderr, which a failed assertion shows
+    environment = {**os.environ, "PYTHONFAULTHANDLER": "1"}
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=600, env=environment)
 
 
 SETTINGS = ["--dataset", "mnist-sample", "--valid-size", "500", "--hidden-dim", "32", "--z-dim", "4",

@@ -29,6 +29,9 @@ from pyro_vae.inference.evaluate import over_batches
 from pyro_vae.inference.traces import sample_sites, trace_particles
 
 SCHEDULES = ("sigmoid", "linear")
+# Chains of the pilot run that tunes the step sizes (one per datapoint and step, so a few chains
+# suffice): the pilot then costs PILOT_CHAINS / num_chains of the reported run, not as much again.
+PILOT_CHAINS = 2
 INITS = ("guide", "prior")
 
 
@@ -189,8 +192,8 @@ def ais_log_likelihood(
     """Per-datapoint AIS estimate of log p(x) (log p(x|y) for a model given labels): the log-mean over
     ``num_chains`` chains of the AIS weights, in float64.
 
-    With ``pilot`` a first AIS run tunes one HMC step size per datapoint and annealing step towards
-    ``target_acceptance``; the reported run uses them frozen. With ``num_steps=1`` and ``init="guide"``
+    With ``pilot`` a first AIS run (:data:`PILOT_CHAINS` chains) tunes one HMC step size per datapoint
+    and annealing step towards ``target_acceptance``; the reported run uses them frozen. With ``num_steps=1`` and ``init="guide"``
     the estimate is importance sampling with ``num_chains`` samples of the guide. ``progress``: bars
     over the annealing steps of each run, with their ETA.
     """
@@ -203,7 +206,7 @@ def ais_log_likelihood(
     options = dict(betas=betas, num_chains=num_chains, leapfrog_steps=leapfrog_steps, init=init,
                    target_acceptance=target_acceptance)
     step_sizes = _run(model_obj, x, y, step_sizes=None, adapt=True, progress=_bar("AIS pilot", progress),
-                      **options)[1] if pilot else None
+                      **{**options, "num_chains": min(PILOT_CHAINS, num_chains)})[1] if pilot else None
     log_weights, _, acceptance = _run(model_obj, x, y, step_sizes=step_sizes, adapt=step_sizes is None,
                                       progress=_bar(f"AIS, T={num_steps}", progress), **options)
     return AISResult(torch.logsumexp(log_weights, 0) - math.log(num_chains), acceptance)
@@ -254,7 +257,7 @@ def bdmc(model_obj: nn.Module, num_images: int, x_dim: int, *, num_steps: int = 
     betas = annealing_schedule(num_steps, schedule)
     options = dict(num_chains=num_chains, leapfrog_steps=leapfrog_steps, init=init, target_acceptance=target_acceptance)
     step_sizes = _run(model_obj, x, None, betas=betas, step_sizes=None, adapt=True,
-                      progress=_bar("BDMC pilot", progress), **options)[1]
+                      progress=_bar("BDMC pilot", progress), **{**options, "num_chains": min(PILOT_CHAINS, num_chains)})[1]
     forward, _, _ = _run(model_obj, x, None, betas=betas, step_sizes=step_sizes, adapt=False,
                          progress=_bar("BDMC forward", progress), **options)
     start = {name: value.expand((num_chains,) + value.shape).clone() for name, value in exact.items()}

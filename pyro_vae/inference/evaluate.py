@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from contextlib import nullcontext
 
 import pyro
 import torch
@@ -99,11 +100,13 @@ def log_importance_weights(
     """log p(x, z_k) - log q(z_k|x) for K = ``num_samples`` draws z_k ~ q(z|x), shape (K, batch).
 
     Particles are vectorized by a plate and drawn ``chunk_size`` at a time, so memory grows
-    with ``chunk_size * batch``, not with K.
+    with ``chunk_size * batch``, not with K. Pyro validates the first chunk (when validation is
+    on) and not the others, which re-run the same model, guide and data.
     """
     chunks = []
     for start in range(0, num_samples, chunk_size):
-        traces = trace_particles(model_obj.model, model_obj.guide, x, y, min(chunk_size, num_samples - start))
+        with nullcontext() if start == 0 else pyro.validation_enabled(False):
+            traces = trace_particles(model_obj.model, model_obj.guide, x, y, min(chunk_size, num_samples - start))
         chunks.append(log_weights_from_traces(*traces).expand(-1, x.shape[0]))
     return torch.cat(chunks)
 

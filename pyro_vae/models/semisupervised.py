@@ -241,7 +241,7 @@ class SemiSupervisedPlan:
     @staticmethod
     def describe(record: dict) -> str:
         train, valid = record["train"], record["valid"]
+        test = f"  test accuracy {100 * record['test']['accuracy']:.2f}%" if "test" in record else ""  # data may have none
         return (f"train loss {train['loss']:.2f} (unlabelled -ELBO {train['unsupervised']:.2f}, labelled -ELBO "
                 f"{train['supervised']:.2f}, classifier {train['classification']:.2f})  valid -ELBO "
-                f"{-valid['elbo']:.2f} accuracy {100 * valid['accuracy']:.2f}%  test accuracy "
-                f"{100 * record['test']['accuracy']:.2f}%")
+                f"{-valid['elbo']:.2f} accuracy {100 * valid['accuracy']:.2f}%{test}")

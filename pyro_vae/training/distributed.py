@@ -10,6 +10,7 @@ rescaled: a run on N processes follows one process's optimisation path up to sam
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import os
 from collections.abc import Callable, Iterator
@@ -89,6 +90,10 @@ def replicas_from_environment(device_name: str, timeout_minutes: float = 30.0) -
             dist.barrier()  # leave together: a rank tearing gloo down while another still talks to it can abort
     finally:
         if initialised_here:
+            # data-parallel wrappers left in reference cycles hold the process group; freed later, at
+            # interpreter exit, gloo's threads can abort the process ("terminate called without an
+            # active exception"), so they go first
+            gc.collect()
             dist.destroy_process_group()
 
 
