@@ -10,7 +10,7 @@ import math
 import platform
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 
 import torch
 from torch.nn import functional as F
@@ -59,16 +59,14 @@ def plain_vae_loss(vae: VAE, x: torch.Tensor) -> torch.Tensor:
     return (reconstruction + kl) / x.shape[0]
 
 
-def hand_written_epoch(vae: VAE, images: torch.Tensor, batch_size: int) -> Callable[[], None]:
-    """An epoch as a user would write it, with its own data pipeline: shuffle, slice, ``torch.bernoulli``
-    (dynamic binarization), the hand-written loss, fused Adam; the loss read once at the end."""
+def hand_written_training(vae: VAE, batches: Callable[[], Iterable[torch.Tensor]]) -> Callable[[], None]:
+    """Steps of the hand-written loss with fused Adam over the images ``batches()`` yields, the loss
+    read back once at the end."""
     optimizer = torch.optim.Adam(vae.parameters(), lr=1e-3, fused=True)
 
-    def epoch() -> None:
-        total = torch.zeros((), device=images.device)
-        order = torch.randperm(len(images), device=images.device)
-        for start in range(0, len(images), batch_size):
-            x = torch.bernoulli(images[order[start : start + batch_size]])
+    def run() -> None:
+        total = torch.zeros((), device=next(vae.parameters()).device)
+        for x in batches():
             loss = plain_vae_loss(vae, x)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -76,7 +74,19 @@ def hand_written_epoch(vae: VAE, images: torch.Tensor, batch_size: int) -> Calla
             total += loss.detach()
         total.item()
 
-    return epoch
+    return run
+
+
+def hand_written_epoch(vae: VAE, images: torch.Tensor, batch_size: int) -> Callable[[], None]:
+    """An epoch as a user would write it, with its own data pipeline: shuffle, slice, ``torch.bernoulli``
+    (dynamic binarization), the hand-written loss, fused Adam."""
+
+    def own_pipeline() -> Iterator[torch.Tensor]:
+        order = torch.randperm(len(images), device=images.device)
+        for start in range(0, len(images), batch_size):
+            yield torch.bernoulli(images[order[start : start + batch_size]])
+
+    return hand_written_training(vae, own_pipeline)
 
 
 def hand_written_log_likelihood(vae: VAE, x: torch.Tensor, num_samples: int, chunk_size: int) -> torch.Tensor:

@@ -23,14 +23,13 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))  # the reference loops live outside the package
-from benchmarking import (hand_written_epoch, hand_written_log_likelihood, interleaved_median_seconds,  # noqa: E402
-                          machine_description, plain_vae_loss)
+from benchmarking import (hand_written_epoch, hand_written_log_likelihood, hand_written_training,  # noqa: E402
+                          interleaved_median_seconds, machine_description)
 
 from pyro_vae.data.batches import EpochBatches  # noqa: E402
 from pyro_vae.data.datasets import DatasetUnavailable, load_dataset  # noqa: E402
@@ -76,22 +75,6 @@ class OurLoop:
         totals.tolist()
 
 
-def hand_written_steps(vae: VAE, batches) -> Callable[[], None]:
-    optimizer = make_adam(vae.parameters(), 1e-3, fused=True)
-
-    def run() -> None:
-        total = torch.zeros((), device=next(vae.parameters()).device)
-        for x, _ in batches.epoch(1):
-            loss = plain_vae_loss(vae, x)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total += loss.detach()
-        total.item()
-
-    return run
-
-
 def row_of(label: str, unit: str, work: float, ours_s: float, reference_s: float) -> dict:
     row = {"what": label, "unit": unit, "ours_per_s": work / ours_s, "reference_per_s": work / reference_s,
            "ratio": ours_s / reference_s, "ours_s": ours_s, "reference_s": reference_s}
@@ -104,7 +87,7 @@ def step_rows(vae: VAE, batch_size: int, steps: int, repeats: int, device: torch
     """Every path of ours and the hand-written step on one repeated batch, interleaved."""
     batch = RepeatedBatch(torch.bernoulli(torch.full((batch_size, vae.x_dim), 0.13, device=device)), steps)
     variants = {path: (lambda loop=OurLoop(vae, *flags): loop(batch)) for path, flags in paths.items()}
-    variants["hand-written"] = hand_written_steps(vae, batch)
+    variants["hand-written"] = hand_written_training(vae, lambda: (x for x, _ in batch.epoch(1)))
     seconds = interleaved_median_seconds(variants, repeats, device)
     rows = []
     for path in paths:

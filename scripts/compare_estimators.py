@@ -3,7 +3,7 @@
 On the same N images of a split (the run's evaluation binarization): the ELBO and the IWAE bounds
 L_k for k = 1, 5, 50, 500 and K, all from one set of K importance weights (L_K is importance
 sampling with K samples, what ``pyro-vae evaluate`` reports); AIS from the guide at each
-``--ais-steps`` T; AIS from the prior at the largest T; and BDMC on ``--bdmc-images`` datapoints
+``--ais-steps`` T; AIS from the prior at the largest T (unless ``--no-prior``); and BDMC on ``--bdmc-images`` datapoints
 simulated from the model (a stochastic lower and upper bound of their log p(x), and the gap).
 Each row gives the mean over images with its standard error and the seconds per 1000 images
 (the IWAE rows share one pass over the weights).
@@ -55,6 +55,7 @@ def main() -> None:
     parser.add_argument("--ais-steps", type=int, nargs="+", default=[100, 1000], help="annealing steps T")
     parser.add_argument("--ais-chains", type=int, default=16, help="AIS chains per image")
     parser.add_argument("--leapfrog", type=int, default=10, help="leapfrog steps per HMC move")
+    parser.add_argument("--no-prior", action="store_true", help="leave out AIS from the prior")
     parser.add_argument("--bdmc-images", type=int, default=100, help="simulated images for BDMC (0: none)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--markdown", type=Path, default=None, help="also write the table here")
@@ -79,7 +80,8 @@ def main() -> None:
     rows.append(row(f"importance sampling (L_{args.num_samples})", f"K = {args.num_samples}, proposal q(z|x)",
                     weights["log_likelihood"], seconds, n))
 
-    for init, steps in [("guide", t) for t in args.ais_steps] + [("prior", max(args.ais_steps))]:
+    prior = [] if args.no_prior else [("prior", max(args.ais_steps))]
+    for init, steps in [("guide", t) for t in args.ais_steps] + prior:
         options = dict(num_steps=steps, leapfrog_steps=args.leapfrog, init=init)
         result, seconds = timed(lambda: annealed_importance_sampling(model, images, labels, num_samples=args.ais_chains,
                                                                      progress=True, **options))
@@ -101,7 +103,7 @@ def main() -> None:
              "mean ± standard error over images. Command: `python scripts/compare_estimators.py RUN "
              f"--num-images {args.num_images} --num-samples {args.num_samples} --ais-steps "
              f"{' '.join(map(str, args.ais_steps))} --ais-chains {args.ais_chains} --leapfrog {args.leapfrog} "
-             f"--bdmc-images {args.bdmc_images}`.", "",
+             f"--bdmc-images {args.bdmc_images}{' --no-prior' if args.no_prior else ''}`.", "",
              "| estimator | settings | log p(x) | seconds per 1000 images |", "| --- | --- | --- | --- |"]
     for r in rows:
         table.append(f"| {r['estimator']} | {r['settings']} | {r['mean']:.2f} ± {r['se']:.2f} | {r['seconds_per_1000']:,.0f} |")

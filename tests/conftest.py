@@ -54,3 +54,15 @@ def write_amat(path: Path, images: np.ndarray) -> Path:
 def binary_batch():
     generator = torch.Generator().manual_seed(1)
     return torch.bernoulli(torch.full((16, 784), 0.3), generator=generator)
+
+
+@pytest.fixture
+def compile_unavailable(monkeypatch):
+    """torch.compile as on a machine without a working compiler: the compiled function fails when called."""
+
+    def unavailable_compile(function, *args, **kwargs):
+        def fails(*call_args, **call_kwargs):
+            raise RuntimeError("C++ compiler not found\nlong details")
+        return fails
+
+    monkeypatch.setattr(torch, "compile", unavailable_compile)

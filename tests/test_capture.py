@@ -227,13 +227,7 @@ def test_a_compiled_recorded_step_computes_what_the_recorded_step_computes(tmp_p
     assert_same_training(compiled, train(tmp_path, "recorded", lambda: VAE(hidden_dim=32, z_dim=4), caplog))
 
 
-def test_a_recorded_step_that_does_not_compile_is_replayed_uncompiled(tmp_path, caplog, monkeypatch):
-    def unavailable_compile(function, *args, **kwargs):
-        def fails(*call_args, **call_kwargs):
-            raise RuntimeError("C++ compiler not found\nlong details")
-        return fails
-
-    monkeypatch.setattr(torch, "compile", unavailable_compile)
+def test_a_recorded_step_that_does_not_compile_is_replayed_uncompiled(tmp_path, caplog, compile_unavailable):
     fallback = train(tmp_path, "fallback", lambda: VAE(hidden_dim=32, z_dim=4), caplog, compile=True)
     assert ("compiling it failed (RuntimeError: C++ compiler not found); the recorded step is replayed uncompiled"
             in fallback[2])
