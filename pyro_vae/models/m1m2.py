@@ -40,8 +40,10 @@ class M1M2(nn.Module):
         hidden_dim: width of M2's networks.
         z2_dim: M2's style dimensions.
         num_classes: C.
-        labels, aux_weight, labelled_weighting: M2's semi-supervised training, see
-            :class:`~pyro_vae.models.semisupervised.SemiSupervisedPlan`.
+        labels: labelled training images (class-balanced, drawn with the seed); see
+            :class:`~pyro_vae.models.semisupervised.SemiSupervisedPlan` for this and the next two.
+        aux_weight: alpha of the classifier term alpha * log q(y|x) per labelled image.
+        labelled_weighting: ``batch`` or ``pass``, how much a step's labelled terms weigh.
         active_threshold: the variance below which an M1 unit counts as inactive.
     """
 

@@ -32,8 +32,9 @@ class VampPrior(nn.Module):
             parameters belong to the guide once).
         num_pseudo_inputs: K.
         x_dim: values per datapoint.
-        init_mean, init_std: pseudo-inputs start as Normal(init_mean, init_std) draws (the paper's
-            0.05 and 0.01 for MNIST) and are clipped to [0, 1] by a hard tanh.
+        init_mean: mean of the Normal draws the pseudo-inputs start as (the paper's 0.05 for MNIST);
+            they are clipped to [0, 1] by a hard tanh.
+        init_std: standard deviation of those draws (the paper's 0.01).
     """
 
     def __init__(self, encode: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]], num_pseudo_inputs: int,

@@ -103,12 +103,18 @@ def fit(model: nn.Module, data: Any, *, out: str | Path, valid: Any = None, test
         data: a named dataset from :func:`pyro_vae.load_dataset`, or data of your own: a tensor, a pair
             ``(x, y)``, a torch ``Dataset`` or ``DataLoader`` (see :func:`pyro_vae.data.as_dataset`).
         out: the run directory.
-        valid, test: held-out data of your own (default: ``valid_size`` datapoints carved from ``data``).
+        valid: held-out data of your own for model selection (default: ``valid_size`` datapoints
+            carved from ``data``).
+        test: held-out data of your own scored at the end (default: the named dataset's test split).
         binarize: ``auto``, ``dynamic``, ``static``, ``threshold`` or ``none``.
         resume: continue the run in ``out`` from ``checkpoints/last.pt`` (the same settings; ``epochs``
             may grow).
         overwrite: replace a run already in ``out``.
-        progress, detect_anomaly, plot_every, tensorboard: as the CLI's options of those names.
+        valid_size: datapoints carved from ``data`` for validation when ``valid`` is not given.
+        progress: progress bars.
+        detect_anomaly: torch's autograd anomaly detection (slow), to find where a NaN arises.
+        plot_every: also write figures every this many epochs (0: only at the end).
+        tensorboard: also log metrics and figures to ``out/tensorboard``.
         **settings: optimisation settings, the fields of :class:`~pyro_vae.runs.config.TrainConfig`
             (``epochs``, ``objective``, ``num_particles``, ``lr``, ``batch_size``, ``seed``, ``fast``, ...).
 
