@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import nbformat
 import numpy as np
 import pytest
 
@@ -189,3 +190,18 @@ def test_class_agreement_judges_a_conditional_run_and_refuses_a_plain_vae(tmp_pa
     assert len(summary["agreement_per_class"]) == 10 and 0.0 <= summary["agreement"] <= 1.0
     refused = run_script("class_agreement.py", tmp_path / "vae", cwd=tmp_path)
     assert refused.returncode == 2 and "needs --model cvae or ssvae" in refused.stderr
+
+
+@pytest.mark.slow
+def test_execute_notebooks_stores_outputs_with_the_source_hash(tmp_path):
+    notebook = tmp_path / "04.ipynb"
+    notebook.write_text((SCRIPTS.parent / "notebooks" / "04_estimating_log_likelihoods.ipynb").read_text())
+    result = run_script("execute_notebooks.py", notebook, "--dataset", "mnist-sample", "--smoke", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "04.ipynb: executed on mnist-sample" in result.stdout
+    stored = nbformat.read(notebook, as_version=4)
+    assert stored.metadata["pyro_vae"]["mode"] == "smoke" and stored.metadata["pyro_vae"]["dataset"] == "mnist-sample"
+    sys.path.insert(0, str(SCRIPTS))
+    from execute_notebooks import source_hash
+    assert stored.metadata["pyro_vae"]["source_sha256"] == source_hash(stored)
+    assert any("image/png" in output.get("data", {}) for cell in stored.cells for output in cell.get("outputs", []))
