@@ -172,7 +172,8 @@ def _add_train_parser(subparsers) -> argparse.ArgumentParser:
     group.add_argument("--no-capture", dest="capture", action="store_false", default=train.capture,
                        help="run Pyro's model and guide every step instead of replaying the step recorded as a graph")
     group.add_argument("--compile", action="store_true",
-                       help="compile the networks with torch.compile (eager if that fails, with a warning)")
+                       help="compile the recorded step with torch.compile (the networks when the settings keep "
+                            "the step eager, e.g. --no-capture); uncompiled, with a warning, if that fails")
     group.add_argument("--seed", type=int, default=train.seed)
     group.add_argument("--device", choices=cfg.DEVICES, default=train.device)
     group = parser.add_argument_group("run directory")

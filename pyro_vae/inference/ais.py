@@ -193,8 +193,9 @@ def ais_log_likelihood(
     ``num_chains`` chains of the AIS weights, in float64.
 
     With ``pilot`` a first AIS run (:data:`PILOT_CHAINS` chains) tunes one HMC step size per datapoint
-    and annealing step towards ``target_acceptance``; the reported run uses them frozen. With ``num_steps=1`` and ``init="guide"``
-    the estimate is importance sampling with ``num_chains`` samples of the guide. ``progress``: bars
+    and annealing step towards ``target_acceptance``; the reported run uses them frozen. With
+    ``num_steps=1`` and ``init="guide"`` the estimate is importance sampling with ``num_chains``
+    samples of the guide. ``progress``: bars
     over the annealing steps of each run, with their ETA.
     """
     if init not in INITS:
@@ -205,11 +206,17 @@ def ais_log_likelihood(
     betas = annealing_schedule(num_steps, schedule)
     options = dict(betas=betas, num_chains=num_chains, leapfrog_steps=leapfrog_steps, init=init,
                    target_acceptance=target_acceptance)
-    step_sizes = _run(model_obj, x, y, step_sizes=None, adapt=True, progress=_bar("AIS pilot", progress),
-                      **{**options, "num_chains": min(PILOT_CHAINS, num_chains)})[1] if pilot else None
+    step_sizes = _pilot_step_sizes(model_obj, x, y, options, _bar("AIS pilot", progress)) if pilot else None
     log_weights, _, acceptance = _run(model_obj, x, y, step_sizes=step_sizes, adapt=step_sizes is None,
                                       progress=_bar(f"AIS, T={num_steps}", progress), **options)
     return AISResult(torch.logsumexp(log_weights, 0) - math.log(num_chains), acceptance)
+
+
+def _pilot_step_sizes(model_obj, x, y, options: dict, progress: str | None) -> list[torch.Tensor]:
+    """Step sizes per datapoint and annealing step, tuned towards the target acceptance by a pilot run
+    of ``options`` (those of :func:`_run`) on at most :data:`PILOT_CHAINS` chains."""
+    pilot = {**options, "num_chains": min(PILOT_CHAINS, options["num_chains"])}
+    return _run(model_obj, x, y, step_sizes=None, adapt=True, progress=progress, **pilot)[1]
 
 
 def _bar(description: str, progress: bool) -> str | None:
@@ -256,8 +263,7 @@ def bdmc(model_obj: nn.Module, num_images: int, x_dim: int, *, num_steps: int = 
     x, exact = simulate(model_obj, num_images, x_dim)
     betas = annealing_schedule(num_steps, schedule)
     options = dict(num_chains=num_chains, leapfrog_steps=leapfrog_steps, init=init, target_acceptance=target_acceptance)
-    step_sizes = _run(model_obj, x, None, betas=betas, step_sizes=None, adapt=True,
-                      progress=_bar("BDMC pilot", progress), **{**options, "num_chains": min(PILOT_CHAINS, num_chains)})[1]
+    step_sizes = _pilot_step_sizes(model_obj, x, None, {**options, "betas": betas}, _bar("BDMC pilot", progress))
     forward, _, _ = _run(model_obj, x, None, betas=betas, step_sizes=step_sizes, adapt=False,
                          progress=_bar("BDMC forward", progress), **options)
     start = {name: value.expand((num_chains,) + value.shape).clone() for name, value in exact.items()}

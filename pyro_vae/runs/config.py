@@ -69,7 +69,7 @@ class TrainConfig:
     device: str = "auto"
     fast: bool = True  # fused Adam; Pyro's validation on each epoch's first step only (see pyro_vae.training.fast_path)
     capture: bool = True  # replay the step from a recorded graph where it can be (see pyro_vae.training.capture)
-    compile: bool = False  # torch.compile the networks, eager when that fails (see pyro_vae.training.fast_path)
+    compile: bool = False  # torch.compile the recorded step (or the networks when not captured); see fast_path
 
 
 # How fast a run trains, not what it computes: a run resumes under other values of these.

@@ -1,14 +1,17 @@
-"""Optional speed-ups of training, measured in ``scripts/benchmark.py`` and docs/benchmarks.md.
+"""Speed settings of training, measured in ``scripts/benchmark.py`` and docs/benchmarks.md.
 
-``--fast``: the fused Adam kernel (one kernel for all parameters instead of a handful of ops each),
-and Pyro's validation of distribution arguments, samples and site shapes on the first step of
-each epoch only (it re-checks the same model, guide and binarized data every step otherwise; our
-own per-step non-finite check stays on). ``--compile``: the torch networks inside the model and
-guide compiled with ``torch.compile`` (the Pyro model and guide stay Python, traced by
-``Trace_ELBO`` every step). Compilation fails in many ways (no C++ compiler, an unsupported
-operation, an old GPU), so it is tried first on a copy: if the copy's training step does not
-compile and run, the model is left as it was and training continues eagerly, with a warning
-that names the reason.
+``fast`` (the default; ``--validate-every-step`` turns it off): the fused Adam kernel (one kernel
+for all parameters instead of a handful of ops each), and Pyro's validation of distribution
+arguments, samples and site shapes on the first step of each epoch only (it re-checks the same
+model, guide and binarized data every step otherwise; our own per-step non-finite check stays on).
+``--compile``: with the captured step, each recorded graph is compiled
+(:class:`pyro_vae.training.capture.CapturedStep`); when the settings keep the step eager
+(``--no-capture``, data-parallel, ``--detect-anomaly``, ``--validate-every-step``), the torch
+networks inside the model and guide are compiled here (the Pyro model and guide stay Python,
+traced every step).
+Compilation fails in many ways (no C++ compiler, an unsupported operation, an old GPU), so it is
+tried first on a copy: if the copy's training step does not compile and run, the model is left as
+it was and training continues eagerly, with a warning that names the reason.
 """
 
 from __future__ import annotations
