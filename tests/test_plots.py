@@ -75,6 +75,21 @@ def test_conditional_figures_need_or_infer_labels(runs, test_images):
         assert canvas(plots.class_conditional_grid(model, num_columns=7)).shape == (10 * 28, 7 * 28)
 
 
+
+def test_analogies_keep_each_rows_style_and_vary_the_class(runs, test_images):
+    x, y = test_images
+    m2 = load_run(runs / "ssvae").model
+    pixels = torch.as_tensor(canvas(plots.analogies_figure(m2, x[:3])))
+    assert pixels.shape == (3 * 28, 11 * 28)
+    torch.testing.assert_close(pixels[28:56, :28], x[1].reshape(28, 28))  # the image, then its analogies
+    style = m2.encode(x[1:2])  # the style under the classifier's label
+    torch.testing.assert_close(pixels[28:56, 28 * 8:28 * 9], m2.decode(style, torch.tensor([7])).reshape(28, 28))
+    cvae = load_run(runs / "cvae").model
+    pixels = torch.as_tensor(canvas(plots.analogies_figure(cvae, x[:2], y[:2])))
+    torch.testing.assert_close(pixels[:28, 28:56], cvae.decode(cvae.encode(x[:1], y[:1]), torch.tensor([0])).reshape(28, 28))
+    with pytest.raises(ValueError, match="analogies need num_classes and decode"):
+        plots.analogies_figure(load_run(runs / "vae").model, x)
+
 def test_samples_manifold_interpolation_traversals_and_denoising_have_their_grids(runs, test_images):
     model = load_run(runs / "vae").model
     x, _ = test_images
@@ -150,7 +165,7 @@ def test_pyro_vae_plot_writes_the_figures_it_promises(runs, tmp_path):
     assert sorted(p.name for p in (tmp_path / "vae-figures").iterdir()) == sorted(common + ["manifold.png"])
     assert result.stdout.count("wrote ") == 8
     written = write_run_figures(load_run(runs / "cvae"), runs / "cvae", tmp_path / "cvae-figures")
-    assert sorted(p.name for p in written) == sorted(common + ["class_conditional.png"])
+    assert sorted(p.name for p in written) == sorted(common + ["analogies.png", "class_conditional.png"])
     assert all(p.stat().st_size > 1000 for p in written)
 
 

@@ -102,6 +102,23 @@ def class_conditional_grid(model: Model, num_columns: int = 10, seed: int = 0, x
                       title="p(x | y, z): a row per class y, a style z per column")
 
 
+
+@torch.no_grad()
+def analogies_figure(model: Model, x: torch.Tensor, y: torch.Tensor | None = None,
+                     image_shape: tuple[int, int] = (28, 28)) -> Figure:
+    """Kingma et al.'s analogies (2014, fig. 1): a row per image, the image first, then the means of
+    p(x|y=c, z) for every class c at the image's style z = E_q[z|x, y], y its label (given, else the
+    classifier's). A model that separates class from style keeps each row's style across the classes."""
+    if not _is_class_conditional(model):
+        raise ValueError(f"analogies need num_classes and decode(z, y), which {type(model).__name__} does not have")
+    y = _labels_for_decoding(model, x, y)
+    styles = latent_means(model, x, y)
+    classes = torch.arange(model.num_classes, device=styles.device)
+    decoded = model.decode(styles.repeat_interleave(model.num_classes, 0), classes.repeat(len(x)))
+    rows = torch.cat([x[:, None].to(decoded.dtype), decoded.reshape(len(x), model.num_classes, -1)], dim=1)
+    return image_grid(rows.reshape(-1, rows.shape[-1]), len(x), image_shape,
+                      title=f"analogies: an image, then its style z with y = 0..{model.num_classes - 1}")
+
 @torch.no_grad()
 def samples_figure(model: Model, num_images: int = 64, label: int | None = None, seed: int = 0,
                    x_dim: int | None = None, image_shape: tuple[int, int] = (28, 28)) -> Figure:

@@ -95,7 +95,7 @@ def write_run_figures(run: LoadedRun, run_dir: Path, out_dir: Path | None = None
     """Every figure that fits the run's model, from its best checkpoint and its test split (valid without one).
 
     Reconstructions, samples, latent scatter, interpolation, traversals, denoising, training curves;
-    a 2-D latent also gets the decoded manifold, a class-conditional model its class grid. Returns
+    a 2-D latent also gets the decoded manifold, a class-conditional model its class grid and analogies. Returns
     the written paths.
     """
     model, config, dataset = run.model, run.config, run.dataset
@@ -125,6 +125,7 @@ def write_run_figures(run: LoadedRun, run_dir: Path, out_dir: Path | None = None
         if hasattr(model, "num_classes"):
             _draw(figures, "class_conditional", lambda: plots.class_conditional_grid(
                 model, seed=seed, x_dim=dataset.x_dim, image_shape=image_shape))
+            _draw(figures, "analogies", lambda: plots.analogies_figure(model, x, y, image_shape))
         elif means.shape[1] == 2:
             _draw(figures, "manifold", lambda: plots.manifold_grid(model, image_shape=image_shape))
     metrics_path = run_dir / METRICS_FILE
