@@ -3,8 +3,11 @@
 For each number of labels N and seed, trains ``--model ssvae`` (M2 on pixels) or ``--model m1m2``
 (M2 on the features of the VAE run ``--m1-run``) with a class-balanced labelled
 subset of N training images (drawn with that seed), selects the epoch on validation accuracy,
-and reports the test error's mean and 95% confidence interval (Student t over seeds) next to the
-published figures; also draws class-conditional samples of one run.
+and reports the test error's mean and 95% confidence interval (Student t over seeds), the best and
+the trained epochs and the seconds per epoch next to the published figures. Resumable run by run:
+a finished run is read back, an interrupted one resumed, a missing one trained. Figures: test error
+against labels, validation error by epoch of every run, and, for M2 on pixels, class-conditional
+samples and analogies (a test image's style with every class) of one run.
 
     python scripts/ssvae_label_sweep.py --dataset mnist --data-dir ../shared/data --no-download \
         --labels 100 600 1000 3000 --seeds 0 1 2 3 4 --epochs 50 --out runs/ssvae-sweep
@@ -18,11 +21,15 @@ import logging
 import math
 import statistics
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from pyro_vae import DataConfig, ModelConfig, RunConfig, TrainConfig, fit_config, load_run
+from pyro_vae.data.batches import evaluation_split
 from pyro_vae.models.semisupervised import LABELLED_WEIGHTINGS
-from pyro_vae.viz.plots import accuracy_vs_labels, class_conditional_grid
+from pyro_vae.runs.layout import METRICS_FILE, SUMMARY_FILE
+from pyro_vae.viz.plots import accuracy_vs_labels, analogies_figure, class_conditional_grid, validation_error_curves
+from pyro_vae.viz.run_figures import first_of_each_class
 
 # Published MNIST test error (%) by number of labels, per model.
 PUBLISHED = {
@@ -61,16 +68,41 @@ def model_args(args: argparse.Namespace, num_labels: int) -> dict:
     return {"z_dim": args.z_dim, **shared}
 
 
-def test_error(args: argparse.Namespace, num_labels: int, seed: int) -> float:
-    """Test error (%) of one run's best-on-validation checkpoint: a finished run is read, an
-    interrupted one resumed, a missing one trained."""
+@dataclass
+class RunResult:
+    """One run of the sweep: its test error (%) at the best epoch on validation, and how it trained."""
+
+    test_error: float
+    best_epoch: int
+    epochs: int
+    seconds_per_epoch: float  # median over the run's epochs
+    valid_errors: list[tuple[int, float]]  # (epoch, validation error %) of every epoch
+
+
+def read_run(run_dir: Path) -> RunResult:
+    """The result of a finished run directory, from its summary and its metrics."""
+    summary = json.loads((run_dir / SUMMARY_FILE).read_text())
+    records = [json.loads(line) for line in (run_dir / METRICS_FILE).read_text().splitlines() if line.strip()]
+    return RunResult(test_error=100 * (1 - summary["test"]["accuracy"]), best_epoch=summary["best_epoch"],
+                     epochs=records[-1]["epoch"], seconds_per_epoch=statistics.median(r["seconds"] for r in records),
+                     valid_errors=[(r["epoch"], 100 * (1 - r["valid"]["accuracy"])) for r in records])
+
+
+def sweep_run(args: argparse.Namespace, num_labels: int, seed: int) -> RunResult:
+    """One run of the sweep: a finished run is read back, an interrupted one resumed, a missing one trained."""
     run_dir = args.out / f"labels{num_labels}-seed{seed}"
-    summary_path = run_dir / "summary.json"
-    if not summary_path.is_file():
+    if (run_dir / SUMMARY_FILE).is_file():
+        print(f"{run_dir.name}: finished, reused")
+    else:
         interrupted = (run_dir / "checkpoints" / "last.pt").is_file()
+        print(f"{run_dir.name}: {'interrupted, resumed' if interrupted else 'training'}", flush=True)
         fit_config(run_config(args, num_labels, seed), run_dir, resume=interrupted, overwrite=not interrupted,
-            progress=False)
-    return 100 * (1 - json.loads(summary_path.read_text())["test"]["accuracy"])
+                   progress=False)
+    return read_run(run_dir)
+
+
+def _span(values: list[int]) -> str:
+    return f"{min(values)}" if min(values) == max(values) else f"{min(values)}-{max(values)}"
 
 
 def published_for(dataset: str, model: str) -> dict[str, dict[int, float]]:
@@ -78,24 +110,26 @@ def published_for(dataset: str, model: str) -> dict[str, dict[int, float]]:
     return PUBLISHED[model] if dataset == "mnist" else {}
 
 
-def markdown_table(errors: dict[int, list[float]], args: argparse.Namespace) -> str:
+def markdown_table(results: dict[int, list[RunResult]], args: argparse.Namespace) -> str:
     published = published_for(args.dataset, args.model)
     sources = list(published)
     lines = [
         f"Test error (%) of {MODEL_NAMES[args.model]} on {args.dataset}: mean and 95% confidence interval over label draws "
         f"(seeds {' '.join(map(str, args.seeds))}); {args.epochs} epochs, batch {args.batch_size}, lr {args.lr}, "
         f"aux weight {args.aux_weight}, labelled weighting {args.labelled_weighting}, MLP hidden {args.hidden_dim}, "
-        f"z {args.z_dim}; epoch chosen on validation accuracy.",
+        f"z {args.z_dim}; epoch chosen on validation accuracy (best epoch: its range over seeds; epochs: trained).",
         "",
-        _row(["labels", "runs", "test error (ours)", *sources]),
-        _row(["---"] * (3 + len(sources))),
+        _row(["labels", "runs", "test error (ours)", "best epoch", "epochs", "s / epoch", *sources]),
+        _row(["---"] * (6 + len(sources))),
     ]
-    for num_labels, values in errors.items():
-        mean, half_width = confidence_interval(values)
-        interval = f"{mean:.2f} ± {half_width:.2f}" if values[1:] else f"{mean:.2f}"
+    for num_labels, runs in results.items():
+        mean, half_width = confidence_interval([run.test_error for run in runs])
+        interval = f"{mean:.2f} ± {half_width:.2f}" if runs[1:] else f"{mean:.2f}"
+        seconds = statistics.median(run.seconds_per_epoch for run in runs)
         cells = [f"{published[source][num_labels]:.2f}" if num_labels in published[source] else "n/a"
                  for source in sources]
-        lines.append(_row([str(num_labels), str(len(values)), interval, *cells]))
+        lines.append(_row([str(num_labels), str(len(runs)), interval, _span([run.best_epoch for run in runs]),
+                           _span([run.epochs for run in runs]), f"{seconds:.1f}", *cells]))
     return "\n".join(lines) + "\n"
 
 
@@ -126,25 +160,31 @@ def main() -> int:
         parser.error("--m1-run RUN_DIR goes with --model m1m2, and --model m1m2 needs it")
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
 
-    errors = {n: [test_error(args, n, seed) for seed in args.seeds] for n in args.labels}
-    table = markdown_table(errors, args)
+    results = {n: [sweep_run(args, n, seed) for seed in args.seeds] for n in args.labels}
+    table = markdown_table(results, args)
     (args.out / "error_table.md").write_text(table)
     print(table)
 
-    figure = accuracy_vs_labels(errors, published_for(args.dataset, args.model), MODEL_NAMES[args.model])
-    figure.savefig(args.out / "error_vs_labels.png", dpi=120)
-    print(f"test error against labels: {args.out / 'error_vs_labels.png'}")
-
+    errors = {n: [run.test_error for run in runs] for n, runs in results.items()}
+    figures = {"error_vs_labels": accuracy_vs_labels(errors, published_for(args.dataset, args.model),
+                                                     MODEL_NAMES[args.model]),
+               "valid_error_curves": validation_error_curves(
+                   {f"{n} labels, seed {seed}": run.valid_errors
+                    for n, runs in results.items() for seed, run in zip(args.seeds, runs)})}
     sampled_run = args.out / f"labels{max(args.labels)}-seed{args.seeds[0]}"
+    run = load_run(sampled_run, args.device)
+    images, labels = evaluation_split(run.dataset, "test", run.config.data.binarize, args.seeds[0])
+    shown = first_of_each_class(labels, 10)
     try:
-        figure = class_conditional_grid(load_run(sampled_run, args.device).model)
+        figures["class_conditional_samples"] = class_conditional_grid(run.model)
+        figures["analogies"] = analogies_figure(run.model, images[shown].to(run.dataset.train_images.device))
     except ValueError as error:  # M1+M2 decodes features, not images
-        print(f"no class-conditional samples: {error}")
-        return 0
-    figure.savefig(args.out / "class_conditional_samples.png", dpi=120)
-    print(f"class-conditional samples of {sampled_run}: {args.out / 'class_conditional_samples.png'}")
+        print(f"no class-conditional samples or analogies: {error}")
+    for name, figure in figures.items():
+        figure.savefig(args.out / f"{name}.png", dpi=120)
+        print(f"{name}: {args.out / f'{name}.png'}" + (f" (of {sampled_run})" if name in (
+            "class_conditional_samples", "analogies") else ""))
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

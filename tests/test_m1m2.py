@@ -1,11 +1,16 @@
 """M1+M2: M2 on features resampled from a fixed, trained VAE, as one model of x."""
 
+import math
+
 import pyro
 import pytest
 import torch
 from pyro import poutine
+from pyro.infer import config_enumerate
+from torch.nn import functional as F
 
 from pyro_vae import build_model, estimate_run, fit, load_dataset, load_run
+from pyro_vae.models.semisupervised import SemiSupervisedLoss
 from pyro_vae.runs.checkpoint import CheckpointError
 
 
@@ -17,6 +22,62 @@ def m1_run(tmp_path_factory):
         epochs=2, batch_size=100, device="cpu", progress=False)
     return run_dir
 
+
+
+def normal_log_density(value, loc, scale):
+    return (-0.5 * ((value - loc) / scale) ** 2 - torch.log(scale) - 0.5 * math.log(2 * math.pi)).sum(-1)
+
+
+def gaussian_head(network, inputs):
+    loc, raw_scale = network(inputs).chunk(2, dim=-1)
+    return loc, F.softplus(raw_scale) + 1e-5  # MIN_SCALE of pyro_vae.nets
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("mnist-sample").test_images[:4].bernoulli(generator=torch.Generator().manual_seed(0))
+
+
+def test_features_are_drawn_afresh_from_the_m1_encoders_posterior(m1_run, digits):
+    model = build_model("m1m2", m1_run=str(m1_run), hidden_dim=16, z2_dim=2)
+    loc, scale = load_run(m1_run).model.encoder(digits)  # M1's encoder, loaded on its own
+    active = model.active
+    torch.manual_seed(3)
+    draws = torch.stack([poutine.trace(model.guide).get_trace(digits).nodes["features"]["value"] for _ in range(4000)])
+    assert draws.shape == (4000, len(digits), int(active.sum()))
+    assert not torch.equal(draws[0], draws[1])  # a new draw every time an image is used
+    standard_error = scale[:, active] / 4000 ** 0.5
+    assert ((draws.mean(0) - loc[:, active]).abs() <= 4.5 * standard_error).all()
+    torch.testing.assert_close(draws.std(0), scale[:, active], rtol=0.06, atol=0.0)
+
+
+def test_enumerated_m1m2_loss_equals_the_hand_summed_expectation_over_classes(m1_run, digits):
+    model = build_model("m1m2", m1_run=str(m1_run), hidden_dim=16, z2_dim=2)
+    pyro.set_rng_seed(5)
+    loss = SemiSupervisedLoss(model, aux_weight=1.0).unsupervised_loss(digits)
+
+    pyro.set_rng_seed(5)
+    enumerated = poutine.enum(config_enumerate(model.guide, "parallel"), first_available_dim=-2)
+    trace = poutine.trace(enumerated).get_trace(digits)
+    u, z2 = trace.nodes["features"]["value"], trace.nodes["z2"]["value"]
+    assert u.shape == (len(digits), model.feature_dim) and z2.shape == (10, len(digits), 2)
+    m1 = load_run(m1_run).model
+    loc, scale = m1.encoder(digits)
+    m1_latent = model.inactive_means.expand_as(loc).clone()
+    m1_latent[:, model.active] = u
+    log_p_x = -F.binary_cross_entropy_with_logits(m1.decoder(m1_latent), digits, reduction="none").sum(-1)
+    log_q_u = normal_log_density(u, loc[:, model.active], scale[:, model.active])
+    log_q_y = torch.log_softmax(model.classifier(u), -1)
+    by_class = []
+    for c in range(10):
+        one_hot = F.one_hot(torch.full((len(digits),), c), 10).float()
+        u_loc, u_scale = gaussian_head(model.decoder, torch.cat([z2[c], one_hot], -1))
+        z2_loc, z2_scale = gaussian_head(model.encoder, torch.cat([u, one_hot], -1))
+        by_class.append(log_p_x + normal_log_density(u, u_loc, u_scale) - math.log(10)
+                        + normal_log_density(z2[c], torch.zeros_like(z2[c]), torch.ones_like(z2[c]))
+                        - normal_log_density(z2[c], z2_loc, z2_scale) - log_q_u)
+    elbo = (log_q_y.exp() * (torch.stack(by_class, -1) - log_q_y)).sum()
+    assert loss.item() == pytest.approx(-elbo.item(), rel=1e-5)
 
 @pytest.mark.slow
 def test_m1m2_trains_m2_alone_on_fresh_features_and_scores_log_p_x(m1_run, tmp_path):

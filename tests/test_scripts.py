@@ -100,12 +100,28 @@ def test_ssvae_label_sweep_writes_the_table_and_the_sample_figure(tmp_path):
     assert result.returncode == 0, result.stderr
     table = (tmp_path / "sweep" / "error_table.md").read_text()
     rows = [line for line in table.splitlines() if line.startswith("| 20 |") or line.startswith("| 50 |")]
-    assert len(rows) == 2 and all("| 2 |" in row and "±" in row for row in rows)
-    assert "| labels | runs | test error (ours) |\n" in table  # published figures are of the full MNIST only
+    assert len(rows) == 2 and all(row.startswith(f"| {n} | 2 | ") and "± " in row and " | 1 | 1 | " in row
+                                  for n, row in zip((20, 50), rows))  # 2 seeds, best epoch 1 of 1
+    # published figures are of the full MNIST only
+    assert "| labels | runs | test error (ours) | best epoch | epochs | s / epoch |\n" in table
     summary = json.loads((tmp_path / "sweep" / "labels50-seed1" / "summary.json").read_text())
     assert 0 <= summary["test"]["accuracy"] <= 1
-    for name in ("class_conditional_samples.png", "error_vs_labels.png"):
-        assert (tmp_path / "sweep" / name).read_bytes().startswith(b"\x89PNG")
+    for name in ("class_conditional_samples", "error_vs_labels", "valid_error_curves", "analogies"):
+        assert (tmp_path / "sweep" / f"{name}.png").read_bytes().startswith(b"\x89PNG")
+
+    # killed before its summary: that run resumes, the finished ones are reused, nothing trains twice
+    (tmp_path / "sweep" / "labels50-seed1" / "summary.json").unlink()
+    metrics = (tmp_path / "sweep" / "labels20-seed0" / "metrics.jsonl").read_text()
+    again = run_script("ssvae_label_sweep.py", "--dataset", "mnist-sample", "--no-download", "--labels", "20", "50",
+                       "--seeds", "0", "1", "--epochs", "1", "--hidden-dim", "16", "--z-dim", "4", "--device", "cpu",
+                       "--out", tmp_path / "sweep", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert [line for line in again.stdout.splitlines() if line.startswith("labels")] == [
+        "labels20-seed0: finished, reused", "labels20-seed1: finished, reused", "labels50-seed0: finished, reused",
+        "labels50-seed1: interrupted, resumed"]
+    assert (tmp_path / "sweep" / "labels20-seed0" / "metrics.jsonl").read_text() == metrics
+    assert json.loads((tmp_path / "sweep" / "labels50-seed1" / "summary.json").read_text())["test"] == summary["test"]
+    assert (tmp_path / "sweep" / "error_table.md").read_text() == table
 
 
 @pytest.mark.slow

@@ -316,6 +316,25 @@ def training_curves(records: list[dict[str, Any]]) -> Figure:
     return figure
 
 
+def validation_error_curves(curves: dict[str, Sequence[tuple[int, float]]]) -> Figure:
+    """Validation error (%) against epoch, one line per run (``{name: [(epoch, error), ...]}``), the best
+    epoch of each marked: how long the runs of a sweep took to converge."""
+    figure = Figure(figsize=(5.6, 4.0))
+    axes = figure.add_subplot()
+    for name, curve in curves.items():
+        epochs, errors = zip(*curve)
+        line, = axes.plot(epochs, errors, label=name, linewidth=1.2)
+        best = min(range(len(errors)), key=errors.__getitem__)
+        axes.scatter([epochs[best]], [errors[best]], color=line.get_color(), s=18, zorder=3)
+    axes.set_xlabel("epoch")
+    axes.set_ylabel("validation error (%)")
+    axes.set_title("validation error by epoch (dot: the best epoch, the one tested)", fontsize=9)
+    axes.legend(fontsize=7, ncols=2)
+    axes.grid(alpha=0.3)
+    figure.tight_layout()
+    return figure
+
+
 def accuracy_vs_labels(errors: dict[int, Sequence[float]], published: dict[str, dict[int, float]] | None = None,
                        model_name: str = "M2") -> Figure:
     """A semi-supervised model's test error (%) against the number of labels: each seed as a dot, the
