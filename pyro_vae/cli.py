@@ -20,6 +20,7 @@ from pyro_vae.runs.run_dir import bdmc_run, estimate_run, load_run, write_embedd
 from pyro_vae.contract import (accepts_argument, constructor_parameters, import_model_class, registered_models,
                                resolve_target)
 from pyro_vae.inference.estimators import ESTIMATORS
+from pyro_vae.models.semisupervised import LABELLED_WEIGHTINGS
 from pyro_vae.training.trainer import TrainingDiverged, fit_config
 
 DEFAULTS = cfg.RunConfig()
@@ -138,10 +139,12 @@ def _add_train_parser(subparsers) -> argparse.ArgumentParser:
                        help="ssvae, m1m2: labelled training images, the same number per class (seeded)")
     group.add_argument("--aux-weight", type=_non_negative_float, default=None,
                        help="ssvae: weight alpha of the classifier term alpha * log q(y|x) per labelled image (50)")
-    group.add_argument("--labelled-weighting", choices=("pass", "batch"), default=None,
-                       help="ssvae: pass: an epoch's labelled terms add up to one pass over the labelled "
-                            "subset (Kingma et al.'s objective); batch (default): each labelled image drawn weighs as "
-                            "much as an unlabelled one (pyro-ppl's SS-VAE example)")
+    group.add_argument("--labelled-weighting", choices=LABELLED_WEIGHTINGS, default=None,
+                       help="ssvae, m1m2: pass: an epoch's labelled terms add up to one pass over the labelled "
+                            "subset (Kingma et al.'s objective); batch (default): each step pairs an unlabelled batch "
+                            "with a labelled one, each labelled image drawn weighing as much as an unlabelled one; "
+                            "interleave: each labelled image once per epoch, in labelled batches that are steps of "
+                            "their own spread among the unlabelled ones, at full weight (pyro-ppl's SS-VAE example)")
     group = parser.add_argument_group("training")
     group.add_argument("--objective", choices=cfg.OBJECTIVES, default=train.objective,
                        help="elbo: Trace_ELBO; meanfield: TraceMeanField_ELBO (analytic KL); "

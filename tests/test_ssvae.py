@@ -123,6 +123,45 @@ def test_batches_cover_the_unlabelled_images_once_per_epoch_and_reproducibly(sam
     assert not torch.equal(epoch[0][0], next(iter(batches.epoch(2)))[0])
 
 
+
+def test_interleaved_epochs_pass_over_the_labelled_subset_once_in_steps_of_their_own(sample_dataset):
+    images, labels = sample_dataset.train_images[:1000], sample_dataset.train_labels[:1000]
+    chosen = balanced_labelled_indices(labels, 50, NUM_CLASSES, seed=0)
+    batches = SemiSupervisedBatches(images, labels, chosen, batch_size=20, binarize="threshold", seed=0,
+                                    interleave=True)
+    epoch = list(batches.epoch(1))
+    kinds = ["l" if x_u is None else "u" for x_u, _, _ in epoch]
+    assert len(epoch) == len(batches) == 48 + 3  # 950 unlabelled in batches of 20, 50 labelled in 3
+    assert [i for i, kind in enumerate(kinds) if kind == "l"] == [8, 25, 42]  # spread evenly
+    assert all((x_l is None) == (kind == "u") for kind, (_, x_l, _) in zip(kinds, epoch))
+    labelled = torch.cat([x_l for _, x_l, _ in epoch if x_l is not None])
+    assert torch.equal(labelled.sum(0), (images[chosen] > 0.5).float().sum(0))  # each labelled image once
+    assert torch.cat([y for _, _, y in epoch if y is not None]).sort().values.tolist() == labels[chosen].sort().values.tolist()
+    assert torch.cat([x for x, _, _ in epoch if x is not None]).shape == (950, 784)
+
+
+def test_a_step_of_one_kind_has_only_its_own_terms(sample_dataset):
+    torch.manual_seed(0)
+    model = SSVAE(z_dim=8, hidden_dim=64, labels=100, labelled_weighting="interleave")
+    plan = training_plan(model, ssvae_config().train, sample_dataset, "dynamic")
+    loss, epoch = plan.loss_module, list(plan.batches.epoch(1))
+    assert len(epoch) == len(plan.batches) == math.ceil((len(sample_dataset.train_images) - 100) / 100) + 1
+    x_u = next(x for x, _, _ in epoch if x is not None)
+    _, x_l, y_l = next(step for step in epoch if step[0] is None)
+    pyro.set_rng_seed(2)
+    unlabelled_step = loss(x_u, None, None)
+    statistics = loss.last_statistics()
+    pyro.set_rng_seed(2)
+    assert unlabelled_step.item() == pytest.approx(loss.unsupervised_loss(x_u).item(), rel=1e-6)
+    assert statistics[[2, 4]].tolist() == [100.0, 0.0] and loss.num_images(x_u, None, None) == 100
+    pyro.set_rng_seed(3)
+    labelled_step = loss(None, x_l, y_l)
+    statistics = loss.last_statistics()
+    pyro.set_rng_seed(3)
+    expected = loss.supervised_loss(x_l, y_l) + loss.classification_loss(x_l, y_l)
+    assert labelled_step.item() == pytest.approx(expected.item(), rel=1e-6)  # full weight: scale 1
+    assert statistics[[1, 2, 4]].tolist() == [0.0, 0.0, 100.0] and loss.num_images(None, x_l, y_l) == 100
+
 def ssvae_config(epochs=2):
     return RunConfig(
         data=DataConfig(dataset="mnist-sample", valid_size=1000, download=False),

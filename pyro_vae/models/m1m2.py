@@ -43,7 +43,7 @@ class M1M2(nn.Module):
         labels: labelled training images (class-balanced, drawn with the seed); see
             :class:`~pyro_vae.models.semisupervised.SemiSupervisedPlan` for this and the next two.
         aux_weight: alpha of the classifier term alpha * log q(y|x) per labelled image.
-        labelled_weighting: ``batch`` or ``pass``, how much a step's labelled terms weigh.
+        labelled_weighting: ``batch``, ``pass`` or ``interleave``, how the labelled terms weigh.
         active_threshold: the variance below which an M1 unit counts as inactive.
     """
 

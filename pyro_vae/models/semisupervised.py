@@ -39,17 +39,20 @@ def balanced_labelled_indices(labels: torch.Tensor, num_labels: int, num_classes
 
 
 class SemiSupervisedBatches:
-    """Each step: one batch of unlabelled images and one of labelled images with their labels.
+    """The steps of an epoch: batches of unlabelled images and of labelled images with their labels.
 
-    An epoch is one pass over the unlabelled images; the (usually much smaller) labelled subset is
-    reshuffled whenever it is used up. Orders and dynamic binarization depend only on (seed, epoch).
-    :attr:`labelled_scale` is the weight that makes an epoch's labelled terms add up to one pass
-    over the labelled subset, as in Kingma et al.'s objective, however often each labelled image
-    is drawn (``--labelled-weighting pass``; ``batch`` weighs every drawn image 1 instead).
+    An epoch is one pass over the unlabelled images. By default each step pairs an unlabelled batch
+    with a labelled one, the (usually much smaller) labelled subset reshuffled whenever it is used
+    up. With ``interleave`` the labelled subset is instead passed over once per epoch in steps of
+    its own, spread evenly among the unlabelled steps (pyro-ppl's SS-VAE example); a step then has
+    ``None`` for the part it lacks. Orders and dynamic binarization depend only on (seed, epoch).
+    :attr:`labelled_scale` is the weight that makes an epoch's paired labelled terms add up to one
+    pass over the labelled subset, as in Kingma et al.'s objective, however often each labelled
+    image is drawn (``--labelled-weighting pass``; ``batch`` weighs every drawn image 1 instead).
     """
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, labelled: torch.Tensor, batch_size: int,
-                 binarize: str, seed: int) -> None:
+                 binarize: str, seed: int, interleave: bool = False) -> None:
         labelled = labelled.to(images.device)
         is_labelled = torch.zeros(len(images), dtype=torch.bool, device=images.device)
         is_labelled[labelled] = True
@@ -62,31 +65,49 @@ class SemiSupervisedBatches:
         self.batch_size = batch_size
         self.labelled_batch_size = min(batch_size, len(labelled))
         self.seed = seed
-        self.labelled_scale = len(labelled) / (len(self) * self.labelled_batch_size)
+        self.interleave = interleave
+        self.unlabelled_steps = -(-len(self.unlabelled_images) // batch_size)
+        self.labelled_steps = -(-len(labelled) // self.labelled_batch_size) if interleave else 0
+        self.labelled_scale = len(labelled) / (self.unlabelled_steps * self.labelled_batch_size)
 
     def __len__(self) -> int:
-        return -(-len(self.unlabelled_images) // self.batch_size)
+        return self.unlabelled_steps + self.labelled_steps
 
-    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]]:
         """Yield ``(unlabelled x, labelled x, labels)`` for every step of ``epoch``."""
         seed = self.seed * 1_000_003 + epoch
         order_generator = torch.Generator().manual_seed(seed)
         device = self.unlabelled_images.device
         pixel_generator = torch.Generator(device=device).manual_seed(seed) if self.dynamic else None
+        binarized = (lambda x: torch.bernoulli(x, generator=pixel_generator)) if self.dynamic else (lambda x: x)
         order = torch.randperm(len(self.unlabelled_images), generator=order_generator).to(device)
+        unlabelled_batches = order.split(self.batch_size)
+        if self.interleave:
+            labelled_batches = torch.randperm(len(self.labelled_images), generator=order_generator).to(device).split(
+                self.labelled_batch_size)
+            labelled_at = {(2 * j + 1) * len(self) // (2 * len(labelled_batches)) for j in range(len(labelled_batches))}
+            unlabelled, labelled = iter(unlabelled_batches), iter(labelled_batches)
+            for step in range(len(self)):
+                if step in labelled_at:
+                    index = next(labelled)
+                    yield None, binarized(self.labelled_images[index]), self.labelled_labels[index]
+                else:
+                    yield binarized(self.unlabelled_images[next(unlabelled)]), None, None
+            return
         labelled_order = torch.empty(0, dtype=torch.long, device=device)
-        for start in range(0, len(order), self.batch_size):
+        for unlabelled_index in unlabelled_batches:
             if len(labelled_order) < self.labelled_batch_size:
                 fresh = torch.randperm(len(self.labelled_images), generator=order_generator).to(device)
                 labelled_order = torch.cat([labelled_order, fresh])
             labelled_index, labelled_order = (labelled_order[: self.labelled_batch_size],
                                               labelled_order[self.labelled_batch_size :])
-            x_unlabelled = self.unlabelled_images[order[start : start + self.batch_size]]
-            x_labelled = self.labelled_images[labelled_index]
-            if self.dynamic:
-                x_unlabelled = torch.bernoulli(x_unlabelled, generator=pixel_generator)
-                x_labelled = torch.bernoulli(x_labelled, generator=pixel_generator)
+            x_unlabelled = binarized(self.unlabelled_images[unlabelled_index])
+            x_labelled = binarized(self.labelled_images[labelled_index])
             yield x_unlabelled, x_labelled, self.labelled_labels[labelled_index]
+
+
+def _count(images: torch.Tensor | None, zero: torch.Tensor) -> torch.Tensor:
+    return zero if images is None else torch.full_like(zero, float(len(images)))
 
 
 class SemiSupervisedLoss(nn.Module):
@@ -123,24 +144,28 @@ class SemiSupervisedLoss(nn.Module):
         return self.elbo.differentiable_loss(self.model.classifier_model, self.model.classifier_guide, x, y,
                                              self.aux_weight)
 
-    def forward(self, x_unlabelled: torch.Tensor, x_labelled: torch.Tensor, y_labelled: torch.Tensor) -> torch.Tensor:
-        unsupervised = self.unsupervised_loss(x_unlabelled)
-        supervised = self.supervised_loss(x_labelled, y_labelled)
-        classification = self.classification_loss(x_labelled, y_labelled)
+    def forward(self, x_unlabelled: torch.Tensor | None, x_labelled: torch.Tensor | None,
+                y_labelled: torch.Tensor | None) -> torch.Tensor:
+        """The step's summed loss; a step of one kind only (``None`` for the other part) has no terms of the other."""
+        zero = next(self.model.parameters()).new_zeros(())
+        unsupervised = zero if x_unlabelled is None else self.unsupervised_loss(x_unlabelled)
+        supervised = zero if x_labelled is None else self.supervised_loss(x_labelled, y_labelled)
+        classification = zero if x_labelled is None else self.classification_loss(x_labelled, y_labelled)
         loss = unsupervised + self.labelled_scale * (supervised + classification)
         with torch.no_grad():
-            correct = (self.model.predict(x_labelled) == y_labelled).sum()
+            correct = zero if x_labelled is None else (self.model.predict(x_labelled) == y_labelled).sum().to(zero.dtype)
             self._statistics = torch.stack([
-                loss.detach(), unsupervised.detach(), torch.tensor(float(len(x_unlabelled)), device=correct.device),
-                supervised.detach(), torch.tensor(float(len(x_labelled)), device=correct.device),
-                classification.detach(), correct.to(unsupervised.dtype),
+                loss.detach(), unsupervised.detach(), _count(x_unlabelled, zero), supervised.detach(),
+                _count(x_labelled, zero), classification.detach(), correct,
             ])
         return loss
 
     @staticmethod
-    def num_images(x_unlabelled: torch.Tensor, x_labelled: torch.Tensor, y_labelled: torch.Tensor) -> int:
-        """Images the loss is averaged over: the unlabelled ones (labelled terms are weighted into them)."""
-        return len(x_unlabelled)
+    def num_images(x_unlabelled: torch.Tensor | None, x_labelled: torch.Tensor | None,
+                   y_labelled: torch.Tensor | None) -> int:
+        """Images the loss is averaged over: the unlabelled ones (labelled terms are weighted into them), or the
+        labelled ones of a labelled step of its own."""
+        return len(x_labelled) if x_unlabelled is None else len(x_unlabelled)
 
     def last_statistics(self) -> torch.Tensor:
         return self._statistics
@@ -174,7 +199,7 @@ def semisupervised_scores(loss: SemiSupervisedLoss, images: torch.Tensor, labels
             "elbo": -total / len(images)}
 
 
-LABELLED_WEIGHTINGS = ("pass", "batch")  # how much the labelled terms of a step weigh (see SemiSupervisedBatches)
+LABELLED_WEIGHTINGS = ("pass", "batch", "interleave")  # how labelled terms weigh (see SemiSupervisedBatches)
 
 
 def check_semisupervised_settings(labels: int | None, aux_weight: float, labelled_weighting: str) -> None:
@@ -198,7 +223,8 @@ class SemiSupervisedPlan:
             training split), ``aux_weight`` (weight of the classifier term log q(y|x) per labelled
             image) and ``labelled_weighting`` (``batch``: each drawn labelled image weighs as one
             unlabelled image; ``pass``: an epoch's labelled terms add up to one pass over the
-            labelled subset), see :func:`check_semisupervised_settings`.
+            labelled subset; ``interleave``: one pass over the labelled subset per epoch in steps
+            of their own, at full weight), see :func:`check_semisupervised_settings`.
         settings: the run's optimisation settings (the plain ELBO alone: no IWAE, beta or warm-up).
         dataset: labelled training data.
         binarize: how training images are binarized.
@@ -226,7 +252,8 @@ class SemiSupervisedPlan:
         self.model, self.settings, self.dataset, self.binarize = model, settings, dataset, binarize
         labelled = balanced_labelled_indices(dataset.train_labels, labels, model.num_classes, settings.seed)
         self.batches = SemiSupervisedBatches(dataset.train_images, dataset.train_labels, labelled,
-                                             settings.batch_size, binarize, settings.seed)
+                                             settings.batch_size, binarize, settings.seed,
+                                             interleave=labelled_weighting == "interleave")
         labelled_scale = self.batches.labelled_scale if labelled_weighting == "pass" else 1.0
         self.loss_module = SemiSupervisedLoss(model, aux_weight, labelled_scale)
 

@@ -40,7 +40,7 @@ class SSVAE(ConditionalVAE):
         num_classes: C.
         labels: labelled training images (needed for training only).
         aux_weight: weight of the classifier term log q(y|x) per labelled image.
-        labelled_weighting: ``batch`` or ``pass``, see
+        labelled_weighting: ``batch``, ``pass`` or ``interleave``, see
             :class:`~pyro_vae.models.semisupervised.SemiSupervisedPlan`.
     """
 
