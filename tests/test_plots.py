@@ -55,6 +55,11 @@ def test_training_writes_reconstructions_and_samples_at_the_end_and_every_n_epoc
     assert sorted(p.name for p in (runs / "cvae" / "figures").iterdir()) == ["reconstructions.png", "samples.png"]
 
 
+
+def test_a_run_directory_may_be_named_from_the_home_directory(runs, monkeypatch):
+    monkeypatch.setenv("HOME", str(runs))
+    assert load_run("~/vae").config == load_run(runs / "vae").config
+
 def test_reconstructions_put_inputs_over_their_reconstructions(runs, test_images):
     model = load_run(runs / "vae").model
     x, _ = test_images

@@ -12,6 +12,7 @@ from torch.nn import functional as F
 
 from pyro_vae import build_model, DataConfig, ModelConfig, RunConfig, TrainConfig, estimate_run, fit_config, load_dataset
 from pyro_vae.runs.config import ConfigError
+from pyro_vae.inference.evaluate import class_elbos, generative_accuracy
 from pyro_vae.training.plan import training_plan
 from pyro_vae.models import SSVAE
 from pyro_vae.viz.plots import class_conditional_grid
@@ -80,6 +81,35 @@ def test_labelled_and_classifier_losses_equal_their_formulas(tiny_model, binary_
     assert loss_module.classification_loss(binary_batch, labels).item() == pytest.approx(7.0 * cross_entropy.item(),
                                                                                         rel=1e-5)
 
+
+
+def test_class_elbos_score_each_label_and_tell_apart_classes_the_decoder_draws(binary_batch):
+    torch.manual_seed(0)
+    model = SSVAE(x_dim=784, z_dim=3, hidden_dim=16)
+    templates = (torch.rand(NUM_CLASSES, 784) < 0.3).float()
+    with torch.no_grad():  # q(z|x, y) = p(z) up to MIN_SCALE; p(x|y, z) ~ Bernoulli(logits 4 (2 template_y - 1))
+        model.encoder.loc.weight.zero_(), model.encoder.loc.bias.zero_(), model.encoder.scale.weight.zero_()
+        model.encoder.scale.bias.fill_(math.log(math.e - 1))
+        model.decoder.hidden.weight.zero_()
+        model.decoder.hidden.weight[:NUM_CLASSES, 3:] = 10 * torch.eye(NUM_CLASSES)  # hidden unit c on for y = c
+        model.decoder.hidden.bias.fill_(-5.0)
+        model.decoder.logits.weight.zero_()
+        model.decoder.logits.weight[:, :NUM_CLASSES] = 4 * (2 * templates.T - 1) / F.softplus(torch.tensor(5.0))
+        model.decoder.logits.bias.zero_()
+    logits = model.decoder.logits(F.softplus(model.decoder.hidden(torch.cat(
+        [torch.zeros(NUM_CLASSES, 3), torch.eye(NUM_CLASSES)], -1))))
+    labels = torch.tensor([3, 1, 4, 1, 5, 9, 2, 6])
+    x = templates[labels].clone()
+    x[:, :40] = binary_batch[: len(labels), :40]  # not exactly the templates
+    expected = torch.stack([-F.binary_cross_entropy_with_logits(logits[c].expand_as(x), x, reduction="none").sum(-1)
+                            for c in range(NUM_CLASSES)], -1) - math.log(NUM_CLASSES)
+    torch.testing.assert_close(class_elbos(model, x, num_particles=4), expected, rtol=0, atol=1e-3)
+    assert generative_accuracy(model, x, labels, batch_size=3) == 1.0
+    with torch.no_grad():
+        model.decoder.hidden.weight[:, 3:] = 0.0  # the decoder now ignores y: every class scores the same
+    assert (class_elbos(model, x).std(-1) < 1e-3).all()
+    with pytest.raises(ValueError, match="has no num_classes attribute"):
+        class_elbos(build_model("vae", z_dim=2, hidden_dim=8), x)
 
 @pytest.fixture(scope="module")
 def sample_dataset():

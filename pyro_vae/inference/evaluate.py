@@ -174,6 +174,34 @@ def latent_means(model_obj: nn.Module, x: torch.Tensor, y: torch.Tensor | None =
     return posterior_means(model_obj, x, y, batch_size=len(x))
 
 
+
+@torch.no_grad()
+def class_elbos(model_obj: nn.Module, x: torch.Tensor, num_particles: int = 1) -> torch.Tensor:
+    """ELBO(x, y=c) of every datapoint with every class c, shape (batch, num_classes): the model and
+    guide run with each label in turn, ``num_particles`` draws of the guide each."""
+    num_classes = getattr(model_obj, "num_classes", None)
+    if not isinstance(num_classes, int) or num_classes < 2:
+        raise ValueError(f"{type(model_obj).__name__} has no num_classes attribute (an int >= 2); per-class ELBOs "
+                         "need a model whose model(x, y) and guide(x, y) take a class label y")
+    columns = []
+    for label in range(num_classes):
+        y = torch.full((x.shape[0],), label, dtype=torch.long, device=x.device)
+        traces = trace_particles(model_obj.model, model_obj.guide, x, y, num_particles)
+        columns.append(log_weights_from_traces(*traces).expand(-1, x.shape[0]).mean(0))
+    return torch.stack(columns, -1)
+
+
+def generative_accuracy(model_obj: nn.Module, images: torch.Tensor, labels: torch.Tensor, *,
+                        num_particles: int = 1, batch_size: int = 1000) -> float:
+    """Fraction of images whose label has the highest :func:`class_elbos`: how well the generative
+    model p(x|y, z) alone tells the classes apart, whatever the classifier q(y|x) says. Near chance
+    (1/C) when the class is carried by z and y is ignored, as in an M2 that learns little from
+    unlabelled images."""
+    correct = 0
+    for x, y in evaluation_batches(images, labels, batch_size):
+        correct += int((class_elbos(model_obj, x, num_particles).argmax(-1) == y).sum())
+    return correct / len(images)
+
 def active_units(means: torch.Tensor, threshold: float = 0.01) -> int:
     """Latent dimensions u with Cov_x(E_q[z_u|x]) > ``threshold`` (Burda et al., 2016)."""
     return int((means.double().var(0) > threshold).sum())

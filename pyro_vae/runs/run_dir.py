@@ -47,7 +47,7 @@ def load_run(path: str | Path, device: str | torch.device = "cpu", *, model: nn.
     (an instance of the same class) where they cannot be (a class defined in a notebook). The data
     is loaded as it was trained; a run trained on data of your own needs that data as ``data``.
     """
-    path = Path(path)
+    path = Path(path).expanduser()
     checkpoint_path = path / BEST_CHECKPOINT if path.is_dir() else path
     if path.is_dir() and not checkpoint_path.is_file() and not (path / CONFIG_FILE).is_file():
         raise CheckpointError(f"{path} is not a run directory: no {CONFIG_FILE} or {BEST_CHECKPOINT} in it")
