@@ -186,5 +186,6 @@ def main() -> int:
             "class_conditional_samples", "analogies") else ""))
     return 0
 
+
 if __name__ == "__main__":
     sys.exit(main())

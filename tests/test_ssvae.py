@@ -166,7 +166,8 @@ def test_interleaved_epochs_pass_over_the_labelled_subset_once_in_steps_of_their
     assert all((x_l is None) == (kind == "u") for kind, (_, x_l, _) in zip(kinds, epoch))
     labelled = torch.cat([x_l for _, x_l, _ in epoch if x_l is not None])
     assert torch.equal(labelled.sum(0), (images[chosen] > 0.5).float().sum(0))  # each labelled image once
-    assert torch.cat([y for _, _, y in epoch if y is not None]).sort().values.tolist() == labels[chosen].sort().values.tolist()
+    drawn_labels = torch.cat([y for _, _, y in epoch if y is not None])
+    assert drawn_labels.sort().values.tolist() == labels[chosen].sort().values.tolist()
     assert torch.cat([x for x, _, _ in epoch if x is not None]).shape == (950, 784)
 
 

@@ -174,7 +174,6 @@ def latent_means(model_obj: nn.Module, x: torch.Tensor, y: torch.Tensor | None =
     return posterior_means(model_obj, x, y, batch_size=len(x))
 
 
-
 @torch.no_grad()
 def class_elbos(model_obj: nn.Module, x: torch.Tensor, num_particles: int = 1) -> torch.Tensor:
     """ELBO(x, y=c) of every datapoint with every class c, shape (batch, num_classes): the model and
@@ -201,6 +200,7 @@ def generative_accuracy(model_obj: nn.Module, images: torch.Tensor, labels: torc
     for x, y in evaluation_batches(images, labels, batch_size):
         correct += int((class_elbos(model_obj, x, num_particles).argmax(-1) == y).sum())
     return correct / len(images)
+
 
 def active_units(means: torch.Tensor, threshold: float = 0.01) -> int:
     """Latent dimensions u with Cov_x(E_q[z_u|x]) > ``threshold`` (Burda et al., 2016)."""

@@ -153,7 +153,8 @@ class SemiSupervisedLoss(nn.Module):
         classification = zero if x_labelled is None else self.classification_loss(x_labelled, y_labelled)
         loss = unsupervised + self.labelled_scale * (supervised + classification)
         with torch.no_grad():
-            correct = zero if x_labelled is None else (self.model.predict(x_labelled) == y_labelled).sum().to(zero.dtype)
+            correct = (zero if x_labelled is None
+                       else (self.model.predict(x_labelled) == y_labelled).sum().to(zero.dtype))
             self._statistics = torch.stack([
                 loss.detach(), unsupervised.detach(), _count(x_unlabelled, zero), supervised.detach(),
                 _count(x_labelled, zero), classification.detach(), correct,

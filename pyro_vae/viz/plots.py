@@ -102,7 +102,6 @@ def class_conditional_grid(model: Model, num_columns: int = 10, seed: int = 0, x
                       title="p(x | y, z): a row per class y, a style z per column")
 
 
-
 @torch.no_grad()
 def analogies_figure(model: Model, x: torch.Tensor, y: torch.Tensor | None = None,
                      image_shape: tuple[int, int] = (28, 28)) -> Figure:
@@ -118,6 +117,7 @@ def analogies_figure(model: Model, x: torch.Tensor, y: torch.Tensor | None = Non
     rows = torch.cat([x[:, None].to(decoded.dtype), decoded.reshape(len(x), model.num_classes, -1)], dim=1)
     return image_grid(rows.reshape(-1, rows.shape[-1]), len(x), image_shape,
                       title=f"analogies: an image, then its style z with y = 0..{model.num_classes - 1}")
+
 
 @torch.no_grad()
 def samples_figure(model: Model, num_images: int = 64, label: int | None = None, seed: int = 0,
