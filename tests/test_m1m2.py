@@ -12,6 +12,7 @@ from torch.nn import functional as F
 from pyro_vae import build_model, estimate_run, fit, load_dataset, load_run
 from pyro_vae.models.semisupervised import SemiSupervisedLoss
 from pyro_vae.runs.checkpoint import CheckpointError
+from test_ssvae import normal_log_density
 
 
 @pytest.fixture(scope="module")
@@ -21,11 +22,6 @@ def m1_run(tmp_path_factory):
     fit(build_model("vae", z_dim=6, hidden_dim=64), load_dataset("mnist-sample", valid_size=500), out=run_dir,
         epochs=2, batch_size=100, device="cpu", progress=False)
     return run_dir
-
-
-
-def normal_log_density(value, loc, scale):
-    return (-0.5 * ((value - loc) / scale) ** 2 - torch.log(scale) - 0.5 * math.log(2 * math.pi)).sum(-1)
 
 
 def gaussian_head(network, inputs):
