@@ -7,6 +7,7 @@ rebuilds it from its run directory, ``log_likelihood`` and ``estimate_run`` scor
 from pyro_vae.contract import ModelContractError, build_model, check_model, registered_models
 from pyro_vae.data.datasets import Dataset, as_dataset, load_dataset
 from pyro_vae.inference.ais import ais_log_likelihood, bdmc  # also registers the "ais" estimator
+from pyro_vae.inference.enumeration import enumerated_negative_elbo
 from pyro_vae.inference.estimators import ESTIMATORS, register_estimator
 from pyro_vae.inference.evaluate import (active_units, dataset_elbo_terms, dataset_log_likelihood, elbo_terms,
                                          iwae_bounds, latent_means, log_importance_weights, log_likelihood,
@@ -44,6 +45,7 @@ __all__ = [
     "dataset_elbo_terms",
     "dataset_log_likelihood",
     "elbo_terms",
+    "enumerated_negative_elbo",
     "estimate_run",
     "fit",
     "fit_config",

@@ -9,8 +9,9 @@ from pathlib import Path
 import nbformat
 import numpy as np
 import pytest
+import torch
 
-from pyro_vae import DataConfig, ModelConfig, RunConfig, TrainConfig, fit_config
+from pyro_vae import DataConfig, ModelConfig, RunConfig, TrainConfig, build_model, fit, fit_config, load_dataset
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 
@@ -142,6 +143,24 @@ def test_benchmark_compares_training_with_the_hand_written_step(tmp_path):
     ]
     assert all(float(cells[3]) > 0 for cells in rows)
     assert all(cells[4].rstrip(" |") != "" for cells in rows[:6])  # milliseconds per step over the hand-written step
+
+
+@pytest.mark.slow
+def test_semisupervised_benchmark_times_the_recorded_step_against_trace_enum(tmp_path):
+    torch.manual_seed(0)
+    fit(build_model("vae", hidden_dim=16, z_dim=4), load_dataset("mnist-sample", valid_size=500), out=tmp_path / "m1",
+        epochs=1, batch_size=100, device="cpu", progress=False)
+    result = run_script("benchmark_semisupervised.py", "--m1-run", tmp_path / "m1", "--steps", "1", "--repeats", "1",
+                        "--device", "cpu", "--markdown", tmp_path / "table.md", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    rows = [line.split(" | ") for line in (tmp_path / "table.md").read_text().splitlines()
+            if line.startswith("| M")]
+    paths = ["default (recorded step)", "--no-capture", "TraceEnum_ELBO, eager"]
+    assert [cells[0] for cells in rows] == [
+        *(f"| M2 784-500-50, 200 unlabelled + 100 labelled, {path}" for path in paths),
+        *(f"| M1+M2 (hidden 500, z2 10), 100 unlabelled + 100 labelled, {path}" for path in paths)]
+    assert all(float(cells[1]) > 0 for cells in rows)
+    assert [cells[2] for cells in rows[2::3]] == ["1.00 |", "1.00 |"]  # the old path is the reference
 
 
 @pytest.mark.slow

@@ -5,11 +5,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import torch
-from pyro.infer import Trace_ELBO, TraceEnum_ELBO, config_enumerate
 from torch import nn
 
 from pyro_vae.data.batches import evaluation_batches, evaluation_split, fixed_binarization
 from pyro_vae.data.datasets import Dataset
+from pyro_vae.inference.enumeration import enumerated_negative_elbo
+from pyro_vae.inference.objectives import RecordedTrace_ELBO
 from pyro_vae.runs.config import ConfigError, TrainConfig
 
 # Statistics the loss keeps per step, summed over an epoch.
@@ -113,7 +114,7 @@ def _count(images: torch.Tensor | None, zero: torch.Tensor) -> torch.Tensor:
 class SemiSupervisedLoss(nn.Module):
     """Kingma et al.'s M2 objective (2014, eq. 9) as a loss module, summed over a step's images:
 
-    -ELBO(x_u) with y enumerated exactly (``TraceEnum_ELBO``)
+    -ELBO(x_u) with y summed out exactly (:func:`~pyro_vae.inference.enumeration.enumerated_negative_elbo`)
     + labelled_scale * [-ELBO(x_l, y_l) + aux_weight * -log q(y_l|x_l)].
 
     ``forward(x_unlabelled, x_labelled, y_labelled)`` returns that sum; :meth:`last_statistics`
@@ -126,14 +127,12 @@ class SemiSupervisedLoss(nn.Module):
         self.model = model
         self.aux_weight = aux_weight
         self.labelled_scale = labelled_scale
-        self.enumerated_guide = config_enumerate(model.guide, "parallel")
-        self.enum_elbo = TraceEnum_ELBO(max_plate_nesting=1)
-        self.elbo = Trace_ELBO(max_plate_nesting=1)
+        self.elbo = RecordedTrace_ELBO(max_plate_nesting=1)  # Trace_ELBO's loss, computed without host reads
         self._statistics = torch.zeros(7)
 
     def unsupervised_loss(self, x: torch.Tensor) -> torch.Tensor:
         """-ELBO of unlabelled images, the label summed out under q(y|x), summed over the batch."""
-        return self.enum_elbo.differentiable_loss(self.model.model, self.enumerated_guide, x)
+        return enumerated_negative_elbo(self.model.model, self.model.guide, x)
 
     def supervised_loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """-ELBO of labelled images (log p(x, y) bound), summed over the batch."""
@@ -194,8 +193,8 @@ def classification_accuracy(model: nn.Module, images: torch.Tensor, labels: torc
 def semisupervised_scores(loss: SemiSupervisedLoss, images: torch.Tensor, labels: torch.Tensor,
                           batch_size: int = 1000) -> dict[str, float]:
     """Accuracy of q(y|x) and the mean unlabelled ELBO (y enumerated) per image, nats."""
-    model, guide = loss.model.model, loss.enumerated_guide
-    total = sum(loss.enum_elbo.loss(model, guide, x) for x, _ in evaluation_batches(images, labels, batch_size))
+    with torch.no_grad():
+        total = sum(float(loss.unsupervised_loss(x)) for x, _ in evaluation_batches(images, labels, batch_size))
     return {"accuracy": classification_accuracy(loss.model, images, labels, batch_size),
             "elbo": -total / len(images)}
 
@@ -248,8 +247,8 @@ class SemiSupervisedPlan:
                        "kl_warmup_epochs": (settings.kl_warmup_epochs, 0), "num_particles": (settings.num_particles, 1)}
         for setting, (value, supported) in unsupported.items():
             if value != supported:
-                raise ConfigError(f"{name} supports only {setting}={supported!r} (it trains with TraceEnum_ELBO, labels "
-                                  f"enumerated), got {value!r}")
+                raise ConfigError(f"{name} supports only {setting}={supported!r} (its loss is the single-sample ELBO with "
+                                  f"the labels summed out), got {value!r}")
         self.model, self.settings, self.dataset, self.binarize = model, settings, dataset, binarize
         labelled = balanced_labelled_indices(dataset.train_labels, labels, model.num_classes, settings.seed)
         self.batches = SemiSupervisedBatches(dataset.train_images, dataset.train_labels, labelled,

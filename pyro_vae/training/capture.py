@@ -117,7 +117,7 @@ class CapturedStep:
         numbers; returns the graph and the replay's result (random numbers consumed as by one eager
         step), or (None, None) with :attr:`reason` set (none consumed: the eager step runs next)."""
         step = self._step_function(images_per_rank)
-        device = batch[0].device
+        device = next(t for t in batch if torch.is_tensor(t)).device  # a step may lack a part (None)
         if not getattr(self.loss_module, "capturable", True):
             return self._give_up(f"{type(self.loss_module).__name__}.capturable is False")
         state = _rng_state(device)
@@ -146,7 +146,7 @@ class CapturedStep:
     def _compiled(self, graph: Callable, parameters: list[torch.Tensor], buffers: list[torch.Tensor], batch: tuple,
                   state: tuple, replayed: Any) -> tuple[Callable, Any]:
         """``graph`` compiled, if its first run (from RNG ``state``) matches ``replayed``; else ``graph``."""
-        device = batch[0].device
+        device = next(t for t in batch if torch.is_tensor(t)).device
         after_replay = _rng_state(device)
         _set_rng_state(device, state)
         compiled = torch.compile(graph, dynamic=False, options={"fallback_random": True})

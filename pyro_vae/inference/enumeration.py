@@ -1,0 +1,65 @@
+"""The ELBO with the guide's one discrete latent summed out exactly, in a form a step recording can replay.
+
+Pyro's ``TraceEnum_ELBO`` sums discrete latents out by tensor contraction: general (any number of
+discrete sites, in model or guide), but each step reads a tensor's value in Python (the
+zero-probability mask of ``Dice.compute_expectation``), so a training step that uses it cannot be
+recorded as a graph and replayed (:mod:`pyro_vae.training.capture`) and Pyro's Python runs every
+step. The semi-supervised models have one discrete latent, the class y, drawn in the guide from
+q(y|x) and enumerated in parallel; their ELBO is then a short weighted sum,
+
+    ELBO(x) = sum_y q(y|x) [log p(x, y, z_y) - log q(z_y|x, y) - log q(y|x)],  z_y ~ q(z|x, y),
+
+with the terms that do not depend on y (sites upstream of it) counted once. :func:`enumerated_negative_elbo`
+computes that sum from Pyro's own traces of the model and of the enumerated guide: the value and the
+gradients equal ``TraceEnum_ELBO.differentiable_loss`` on the same random draws.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from pyro import poutine
+from pyro.infer import config_enumerate
+from pyro.poutine.util import prune_subsample_sites
+
+
+def enumerated_negative_elbo(model: Callable, guide: Callable, *args, max_plate_nesting: int = 1,
+                             **kwargs) -> torch.Tensor:
+    """-ELBO summed over the batch, one sample of the continuous latents, the guide's discrete site enumerated.
+
+    Args:
+        model, guide: a Pyro model and guide; the guide has exactly one discrete sample site that is
+            not observed (it is enumerated in parallel whatever its ``infer`` says), the model draws
+            no discrete latent the guide does not.
+        max_plate_nesting: the plates the model and guide nest at most (the enumeration uses the
+            dimension to their left).
+        *args, **kwargs: passed to both.
+
+    Raises:
+        ValueError: when the guide has no enumerable site or more than one.
+    """
+    enumeration_dim = -1 - max_plate_nesting
+    guide_trace = poutine.trace(poutine.enum(config_enumerate(guide, "parallel"),
+                                             first_available_dim=enumeration_dim)).get_trace(*args, **kwargs)
+    model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
+    guide_trace, model_trace = prune_subsample_sites(guide_trace), prune_subsample_sites(model_trace)
+    enumerated = [name for name, site in guide_trace.nodes.items()
+                  if site["type"] == "sample" and site["infer"].get("_enumerate_dim") is not None]
+    if len(enumerated) != 1:
+        raise ValueError(f"enumerated_negative_elbo sums out exactly one discrete site of the guide; this guide "
+                         f"enumerates {enumerated or 'none'}. Use pyro.infer.TraceEnum_ELBO for other structures")
+    guide_trace.compute_log_prob()
+    model_trace.compute_log_prob()
+    weights = guide_trace.nodes[enumerated[0]]["unscaled_log_prob"].exp()  # q(y|x), the enumerated values at dim -2
+
+    def expected(log_prob: torch.Tensor) -> torch.Tensor:
+        """A site's log-density summed over the batch, averaged over y under q where it depends on y."""
+        if log_prob.dim() >= -enumeration_dim and log_prob.shape[enumeration_dim] > 1:
+            return (weights * log_prob).sum()
+        return log_prob.sum()
+
+    elbo = sum(expected(site["log_prob"]) for site in model_trace.nodes.values() if site["type"] == "sample")
+    elbo = elbo - sum(expected(site["log_prob"]) for site in guide_trace.nodes.values()
+                      if site["type"] == "sample" and not site["is_observed"])
+    return -elbo
