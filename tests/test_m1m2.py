@@ -10,6 +10,8 @@ from pyro.infer import config_enumerate
 from torch.nn import functional as F
 
 from pyro_vae import build_model, estimate_run, fit, load_dataset, load_run
+from pyro_vae.data.batches import evaluation_split
+from pyro_vae.inference.evaluate import posterior_means
 from pyro_vae.models.semisupervised import SemiSupervisedLoss
 from pyro_vae.runs.checkpoint import CheckpointError
 from test_ssvae import normal_log_density
@@ -95,6 +97,25 @@ def test_m1m2_trains_m2_alone_on_fresh_features_and_scores_log_p_x(m1_run, tmp_p
     pyro.set_rng_seed(0)
     summary, _ = estimate_run(tmp_path, "test", num_samples=20, num_particles=2, device="cpu", progress=False)
     assert summary["log_likelihood"] > summary["elbo"] and summary["accuracy"] == pytest.approx(result.test["accuracy"])
+
+
+def test_a_checkpoint_keeps_its_own_m1_and_refuses_a_different_active_set(m1_run):
+    trained = build_model("m1m2", m1_run=str(m1_run), hidden_dim=16, z2_dim=2, active_threshold=0.0)
+    with torch.no_grad():
+        trained.m1.decoder.logits.bias.add_(1.0)  # the M1 inside the checkpoint differs from the run's
+    fresh = build_model("m1m2", m1_run=str(m1_run), hidden_dim=16, z2_dim=2, active_threshold=0.0)
+    fresh.load_state_dict(trained.state_dict())
+    torch.testing.assert_close(fresh.m1.decoder.logits.bias, trained.m1.decoder.logits.bias, rtol=0, atol=0)
+
+    run = load_run(m1_run)
+    images, _ = evaluation_split(run.dataset, "valid", run.config.data.binarize, run.config.train.seed)
+    variances = posterior_means(run.model, images).var(0)
+    fewer = build_model("m1m2", m1_run=str(m1_run), hidden_dim=16, z2_dim=2,
+                        active_threshold=float(variances.median()))
+    assert fewer.feature_dim < trained.feature_dim == len(variances)
+    with pytest.raises(ValueError, match=rf"trained on {trained.feature_dim} active units of M1, but the M1 run "
+                                         rf".* now has {fewer.feature_dim}: it was trained further"):
+        fewer.load_state_dict(trained.state_dict())
 
 
 def test_m1m2_needs_a_vae_run(tmp_path):

@@ -65,7 +65,7 @@ class M1M2(nn.Module):
                 getattr(posterior(images[:1]), "base_dist", None), dist.Normal):
             raise ValueError(f"M1 ({m1_run_dir}) must be a VAE with a diagonal Gaussian posterior_dist() and a "
                              f"likelihood_dist(); it is a {type(m1.model).__name__}")
-        self.m1 = m1.model.requires_grad_(False)
+        self.m1, self.m1_run_dir = m1.model.requires_grad_(False), m1_run_dir
         means = posterior_means(self.m1, images)
         active = means.double().var(0) > active_threshold
         if not active.any():
@@ -81,6 +81,21 @@ class M1M2(nn.Module):
         self.decoder = nn.Sequential(nn.Linear(z2_dim + num_classes, hidden_dim), nn.Softplus(),
                                      nn.Linear(hidden_dim, 2 * self.feature_dim))
         self.labels, self.aux_weight, self.labelled_weighting = labels, aux_weight, labelled_weighting
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """Load a checkpoint, which carries its own copy of M1 and of its active units.
+
+        M2's networks are sized by the active units of the M1 run as it is now; a checkpoint written
+        when that run had a different number (it trained on since) is refused by name, not by a
+        tensor size mismatch.
+        """
+        saved = state_dict.get("active")
+        if saved is not None and saved.shape == self.active.shape and int(saved.sum()) != self.feature_dim:
+            raise ValueError(f"this M1+M2 checkpoint was trained on {int(saved.sum())} active units of M1, but the M1 "
+                             f"run {self.m1_run_dir} now has {self.feature_dim}: it was trained further after this run "
+                             "started. Restore that M1 run as it was, or start a new M1+M2 run; keep an M1 that "
+                             "M1+M2 runs use unchanged (train on in a copy)")
+        return super().load_state_dict(state_dict, strict, assign)
 
     def train(self, mode: bool = True) -> "M1M2":
         super().train(mode)
