@@ -21,6 +21,7 @@ from pyro_vae.contract import (accepts_argument, constructor_parameters, import_
                                resolve_target)
 from pyro_vae.inference.estimators import ESTIMATORS
 from pyro_vae.models.semisupervised import LABELLED_WEIGHTINGS
+from pyro_vae.nets import ARCHITECTURES
 from pyro_vae.training.trainer import TrainingDiverged, fit_config
 
 DEFAULTS = cfg.RunConfig()
@@ -118,7 +119,8 @@ def _add_train_parser(subparsers) -> argparse.ArgumentParser:
                             "semi-supervised M2 of Kingma et al. 2014, needs --labels), or e.g. mypkg.models:MyVAE")
     group.add_argument("--model-arg", dest="model_args", type=_model_arg, action="append", default=[],
                        metavar="NAME=VALUE", help="a keyword argument of the model's class (repeatable)")
-    group.add_argument("--arch", choices=("mlp", "conv"), default=None, help="vae: network architecture")
+    group.add_argument("--arch", choices=ARCHITECTURES, default=None,
+                       help="vae: network architecture (mlp2: two hidden layers each way, Kingma et al.'s M1)")
     group.add_argument("--hidden-dim", type=_positive_int, default=None, help="width of hidden layers (built-ins: 400)")
     group.add_argument("--z-dim", type=_positive_int, default=None, help="latent dimensions (built-ins: 50)")
     group.add_argument("--likelihood", choices=("bernoulli", "gaussian", "continuous-bernoulli"), default=None,

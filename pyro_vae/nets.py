@@ -12,14 +12,24 @@ from torch import nn
 from torch.nn import functional as F
 
 MIN_SCALE = 1e-5
+MLP_DEPTHS = {"mlp": 1, "mlp2": 2}  # softplus hidden layers each way
+ARCHITECTURES = (*MLP_DEPTHS, "conv")
+
+
+def _softplus_stack(first: nn.Linear, further: nn.ModuleList, inputs: torch.Tensor) -> torch.Tensor:
+    hidden = F.softplus(first(inputs))
+    for layer in further:
+        hidden = F.softplus(layer(hidden))
+    return hidden
 
 
 class MLPEncoder(nn.Module):
-    """x -> (loc, scale) of a diagonal Gaussian q(z|x), through one softplus hidden layer."""
+    """x -> (loc, scale) of a diagonal Gaussian q(z|x), through ``hidden_layers`` softplus hidden layers."""
 
-    def __init__(self, x_dim: int, hidden_dim: int, z_dim: int) -> None:
+    def __init__(self, x_dim: int, hidden_dim: int, z_dim: int, hidden_layers: int = 1) -> None:
         super().__init__()
         self.hidden = nn.Linear(x_dim, hidden_dim)
+        self.further = nn.ModuleList(nn.Linear(hidden_dim, hidden_dim) for _ in range(hidden_layers - 1))
         self.loc = nn.Linear(hidden_dim, z_dim)
         self.scale = nn.Linear(hidden_dim, z_dim)
 
@@ -27,8 +37,8 @@ class MLPEncoder(nn.Module):
         return self.head(self.context(x))
 
     def context(self, x: torch.Tensor) -> torch.Tensor:
-        """The hidden layer h(x): what (loc, scale), and a flow posterior, are computed from."""
-        return F.softplus(self.hidden(x))
+        """The last hidden layer h(x): what (loc, scale), and a flow posterior, are computed from."""
+        return _softplus_stack(self.hidden, self.further, x)
 
     def head(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(loc, scale) from the hidden layer."""
@@ -36,15 +46,16 @@ class MLPEncoder(nn.Module):
 
 
 class MLPDecoder(nn.Module):
-    """z -> pixel logits, through one softplus hidden layer."""
+    """z -> pixel logits, through ``hidden_layers`` softplus hidden layers."""
 
-    def __init__(self, z_dim: int, hidden_dim: int, x_dim: int) -> None:
+    def __init__(self, z_dim: int, hidden_dim: int, x_dim: int, hidden_layers: int = 1) -> None:
         super().__init__()
         self.hidden = nn.Linear(z_dim, hidden_dim)
+        self.further = nn.ModuleList(nn.Linear(hidden_dim, hidden_dim) for _ in range(hidden_layers - 1))
         self.logits = nn.Linear(hidden_dim, x_dim)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.logits(F.softplus(self.hidden(z)))
+        return self.logits(_softplus_stack(self.hidden, self.further, z))
 
 
 class MLPClassifier(MLPDecoder):
@@ -109,12 +120,14 @@ def check_sizes(**sizes: int) -> None:
 
 
 def build_encoder_decoder(arch: str, x_dim: int, hidden_dim: int, z_dim: int) -> tuple[nn.Module, nn.Module]:
-    """The encoder and decoder of architecture ``"mlp"`` or ``"conv"`` (28x28 images only)."""
+    """The encoder and decoder of architecture ``"mlp"`` (one softplus hidden layer each way), ``"mlp2"``
+    (two, as Kingma et al. 2014's M1) or ``"conv"`` (28x28 images only)."""
     check_sizes(x_dim=x_dim, hidden_dim=hidden_dim, z_dim=z_dim)
-    if arch == "mlp":
-        return MLPEncoder(x_dim, hidden_dim, z_dim), MLPDecoder(z_dim, hidden_dim, x_dim)
+    if arch in MLP_DEPTHS:
+        depth = MLP_DEPTHS[arch]
+        return MLPEncoder(x_dim, hidden_dim, z_dim, depth), MLPDecoder(z_dim, hidden_dim, x_dim, depth)
     if arch == "conv":
         if x_dim != 28 * 28:
             raise ValueError(f"--arch conv is built for 28x28 images, got {x_dim} pixels; use --arch mlp")
         return ConvEncoder(hidden_dim, z_dim), ConvDecoder(z_dim, hidden_dim)
-    raise ValueError(f"unknown architecture {arch!r}; use mlp or conv")
+    raise ValueError(f"unknown architecture {arch!r}; use {', '.join(ARCHITECTURES)}")

@@ -21,7 +21,7 @@ def normal_log_density(z, loc, scale):
     return (-0.5 * ((z - loc) / scale) ** 2 - torch.log(scale) - 0.5 * math.log(2 * math.pi)).sum(-1)
 
 
-@pytest.mark.parametrize("arch", ["mlp", "conv"])
+@pytest.mark.parametrize("arch", ["mlp", "mlp2", "conv"])
 def test_trace_elbo_equals_bce_plus_monte_carlo_kl(arch, binary_batch):
     vae = VAE(z_dim=8, hidden_dim=32, arch=arch)
     pyro.set_rng_seed(123)
@@ -33,6 +33,18 @@ def test_trace_elbo_equals_bce_plus_monte_carlo_kl(arch, binary_batch):
     bce = F.binary_cross_entropy_with_logits(vae.decoder(z), binary_batch, reduction="sum")
     kl_monte_carlo = (normal_log_density(z, loc, scale) - standard_normal_log_density(z)).sum()
     assert loss.item() == pytest.approx((bce + kl_monte_carlo).item(), rel=1e-5)
+
+
+def test_mlp2_has_two_softplus_hidden_layers_each_way(binary_batch):
+    vae = VAE(z_dim=3, hidden_dim=5, arch="mlp2")
+    shapes = {name: tuple(p.shape) for name, p in vae.named_parameters() if name.endswith("weight")}
+    assert shapes == {"encoder.hidden.weight": (5, 784), "encoder.further.0.weight": (5, 5), "encoder.loc.weight": (3, 5),
+                      "encoder.scale.weight": (3, 5), "decoder.hidden.weight": (5, 3), "decoder.further.0.weight": (5, 5),
+                      "decoder.logits.weight": (784, 5)}
+    z = torch.randn(4, 3)
+    decoder = vae.decoder
+    by_hand = decoder.logits(F.softplus(decoder.further[0](F.softplus(decoder.hidden(z)))))
+    torch.testing.assert_close(decoder(z), by_hand)
 
 
 def test_meanfield_elbo_equals_bce_plus_analytic_kl(binary_batch):

@@ -34,7 +34,7 @@ class VAE(nn.Module):
         x_dim: pixels per image.
         z_dim: latent dimensions.
         hidden_dim: width of the hidden layers.
-        arch: ``"mlp"`` or ``"conv"``.
+        arch: ``"mlp"``, ``"mlp2"`` (two hidden layers each way) or ``"conv"``.
         likelihood: ``"bernoulli"``, ``"gaussian"`` or ``"continuous-bernoulli"``
             (Loaiza-Ganem & Cunningham, 2019).
         gaussian_scale: fixed pixel standard deviation of the Gaussian likelihood; ``None``
