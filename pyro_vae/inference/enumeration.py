@@ -37,7 +37,8 @@ def enumerated_negative_elbo(model: Callable, guide: Callable, *args, max_plate_
         *args, **kwargs: passed to both.
 
     Raises:
-        ValueError: when the guide has no enumerable site or more than one.
+        ValueError: when the guide has no enumerable site or more than one, when a latent of the model
+            is not in the guide, or when another latent of the guide has no reparameterized sampler.
     """
     enumeration_dim = -1 - max_plate_nesting
     guide_trace = poutine.trace(poutine.enum(config_enumerate(guide, "parallel"),
@@ -49,6 +50,14 @@ def enumerated_negative_elbo(model: Callable, guide: Callable, *args, max_plate_
     if len(enumerated) != 1:
         raise ValueError(f"enumerated_negative_elbo sums out exactly one discrete site of the guide; this guide "
                          f"enumerates {enumerated or 'none'}. Use pyro.infer.TraceEnum_ELBO for other structures")
+    missing = [name for name, site in model_trace.nodes.items()
+               if site["type"] == "sample" and not site["is_observed"] and name not in guide_trace.nodes]
+    not_reparameterized = [name for name, site in guide_trace.nodes.items() if site["type"] == "sample"
+                           and name != enumerated[0] and not site["is_observed"] and not site["fn"].has_rsample]
+    if missing or not_reparameterized:
+        raise ValueError(f"enumerated_negative_elbo needs every latent of the model in the guide (missing: "
+                         f"{missing or 'none'}) and the guide's other latents reparameterized (not: "
+                         f"{not_reparameterized or 'none'}); use pyro.infer.TraceEnum_ELBO")
     guide_trace.compute_log_prob()
     model_trace.compute_log_prob()
     weights = guide_trace.nodes[enumerated[0]]["unscaled_log_prob"].exp()  # q(y|x), the enumerated values at dim -2
