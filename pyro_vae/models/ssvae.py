@@ -25,8 +25,8 @@ class SSVAE(ConditionalVAE):
 
     Guide: ``y_n ~ Categorical(logits=classifier(x_n))`` when y is not given, then
     ``z_n ~ Normal(encoder(x_n, onehot(y_n)))``. One model and one guide serve labelled batches
-    (``y`` given) and unlabelled ones (``y=None``); training enumerates the unobserved y exactly
-    (``config_enumerate`` applied from outside, :class:`pyro.infer.TraceEnum_ELBO`). The classifier
+    (``y`` given) and unlabelled ones (``y=None``); training sums the unobserved y out exactly
+    (enumerated from outside, :func:`~pyro_vae.inference.enumeration.enumerated_negative_elbo`). The classifier
     q(y|x) also gets the auxiliary term ``aux_weight * log q(y|x)`` on labelled data through
     :meth:`classifier_model` (Kingma et al. 2014, eq. 9).
 
