@@ -17,6 +17,7 @@ gradients equal ``TraceEnum_ELBO.differentiable_loss`` on the same random draws.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from pyro import poutine
@@ -24,17 +25,18 @@ from pyro.infer import config_enumerate
 from pyro.poutine.util import prune_subsample_sites
 
 
-def enumerated_negative_elbo(model: Callable, guide: Callable, *args, max_plate_nesting: int = 1,
-                             **kwargs) -> torch.Tensor:
+def enumerated_negative_elbo(model: Callable, guide: Callable, *args: Any, max_plate_nesting: int = 1,
+                             **kwargs: Any) -> torch.Tensor:
     """-ELBO summed over the batch, one sample of the continuous latents, the guide's discrete site enumerated.
 
     Args:
-        model, guide: a Pyro model and guide; the guide has exactly one discrete sample site that is
-            not observed (it is enumerated in parallel whatever its ``infer`` says), the model draws
-            no discrete latent the guide does not.
+        model: a Pyro model whose latents are all drawn by the guide too.
+        guide: its guide, with exactly one discrete sample site that is not observed (it is
+            enumerated in parallel whatever its ``infer`` says); its other latents reparameterized.
+        *args: passed to both.
         max_plate_nesting: the plates the model and guide nest at most (the enumeration uses the
             dimension to their left).
-        *args, **kwargs: passed to both.
+        **kwargs: passed to both.
 
     Raises:
         ValueError: when the guide has no enumerable site or more than one, when a latent of the model
