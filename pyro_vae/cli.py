@@ -82,8 +82,8 @@ MODEL_OPTIONS = {"arch": "arch", "hidden_dim": "hidden_dim", "z_dim": "z_dim", "
 RUN_OPTIONS = {"dataset": ("data", "dataset"), "data_dir": ("data", "data_dir"), "binarize": ("data", "binarize"),
                "valid_size": ("data", "valid_size"), "download": ("data", "download"),
                **{name: ("train", name) for name in ("objective", "num_particles", "gradient", "beta", "kl_warmup_epochs",
-                                                     "batch_size", "eval_batch_size", "lr", "lr_decay", "patience",
-                                                     "seed", "device", "fast", "capture", "compile")}}
+                                                     "batch_size", "eval_batch_size", "lr", "lr_decay", "adam_beta1",
+                                                     "patience", "seed", "device", "fast", "capture", "compile")}}
 
 
 def _model_arg(text: str) -> tuple[str, object]:
@@ -167,6 +167,8 @@ def _add_train_parser(subparsers) -> argparse.ArgumentParser:
     group.add_argument("--lr", type=_positive_float, default=train.lr)
     group.add_argument("--lr-decay", type=_positive_float, default=train.lr_decay,
                        help="multiply the learning rate by this after every epoch (1: constant)")
+    group.add_argument("--adam-beta1", type=float, default=train.adam_beta1,
+                       help="Adam's beta1, the decay of its mean gradient, in [0, 1) (beta2 is 0.999)")
     group.add_argument("--patience", type=_positive_int, default=train.patience,
                        help="stop early after this many epochs without a better validation score (default: never)")
     group.add_argument("--fast", action="store_true", default=train.fast,

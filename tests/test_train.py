@@ -277,8 +277,17 @@ def test_early_stopping_ends_the_run_patience_epochs_after_the_best(tmp_path, mo
     assert len(read_metrics(tmp_path)) == 5 and resumed.best_epoch == 2  # already out of patience
 
 
+def test_adam_beta1_reaches_the_optimizer_and_a_resume_must_keep_it(tmp_path):
+    fit_config(small_config(epochs=1, adam_beta1=0.95), tmp_path, progress=False)
+    last = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
+    assert last["optimizer"]["param_groups"][0]["betas"] == (0.95, 0.999)
+    with pytest.raises(ConfigError, match=r"trained with other settings \(train.adam_beta1: checkpoint 0.95, requested 0.9\)"):
+        fit_config(small_config(epochs=2), tmp_path, resume=True, progress=False)
+
+
 @pytest.mark.parametrize("change, message", [
     ({"lr_decay": 1.5}, "--lr-decay must be in (0, 1]"),
+    ({"adam_beta1": 1.0}, "--adam-beta1 must be in [0, 1"),
     ({"patience": 0}, "--patience must be an integer >= 1"),
 ])
 def test_schedule_settings_are_checked(tmp_path, change, message):

@@ -64,6 +64,7 @@ class TrainConfig:
     eval_batch_size: int = 1000
     lr: float = 1e-3
     lr_decay: float = 1.0  # the learning rate of epoch e is lr * lr_decay ** (e - 1)
+    adam_beta1: float = 0.9  # Adam's decay of its running mean of gradients (beta2 stays 0.999)
     patience: int | None = None  # stop after this many epochs without a better validation score
     seed: int = 0
     device: str = "auto"
@@ -167,6 +168,8 @@ class RunConfig:
             raise ConfigError(f"--lr must be positive, got {self.train.lr}")
         if not 0 < self.train.lr_decay <= 1:
             raise ConfigError(f"--lr-decay must be in (0, 1] (1: a constant learning rate), got {self.train.lr_decay}")
+        if not 0 <= self.train.adam_beta1 < 1:
+            raise ConfigError(f"--adam-beta1 must be in [0, 1), got {self.train.adam_beta1}")
         if self.train.patience is not None:
             _at_least("--patience", self.train.patience, 1)
 

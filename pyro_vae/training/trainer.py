@@ -211,7 +211,7 @@ class Trainer:
                     and compile_networks(loss_module, next(iter(self.batches.epoch(1)))[0]))
         if compiled:
             logger.info("networks compiled with torch.compile")
-        self.optimizer = make_adam(self.model.parameters(), settings.lr, fused=settings.fast)
+        self.optimizer = make_adam(self.model.parameters(), settings.lr, fused=settings.fast, beta1=settings.adam_beta1)
         if options.resume:
             self._restore()
             logger.info("resuming after epoch %d (step %d)", self.state.epoch, self.state.step)
