@@ -24,6 +24,8 @@ from pyro import poutine
 from pyro.infer import config_enumerate
 from pyro.poutine.util import prune_subsample_sites
 
+from pyro_vae.inference.traces import sample_sites
+
 
 def enumerated_negative_elbo(model: Callable, guide: Callable, *args: Any, max_plate_nesting: int = 1,
                              **kwargs: Any) -> torch.Tensor:
@@ -47,15 +49,14 @@ def enumerated_negative_elbo(model: Callable, guide: Callable, *args: Any, max_p
                                              first_available_dim=enumeration_dim)).get_trace(*args, **kwargs)
     model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
     guide_trace, model_trace = prune_subsample_sites(guide_trace), prune_subsample_sites(model_trace)
-    enumerated = [name for name, site in guide_trace.nodes.items()
-                  if site["type"] == "sample" and site["infer"].get("_enumerate_dim") is not None]
+    enumerated = [name for name, site in sample_sites(guide_trace) if site["infer"].get("_enumerate_dim") is not None]
     if len(enumerated) != 1:
         raise ValueError(f"enumerated_negative_elbo sums out exactly one discrete site of the guide; this guide "
                          f"enumerates {enumerated or 'none'}. Use pyro.infer.TraceEnum_ELBO for other structures")
-    missing = [name for name, site in model_trace.nodes.items()
-               if site["type"] == "sample" and not site["is_observed"] and name not in guide_trace.nodes]
-    not_reparameterized = [name for name, site in guide_trace.nodes.items() if site["type"] == "sample"
-                           and name != enumerated[0] and not site["is_observed"] and not site["fn"].has_rsample]
+    missing = [name for name, site in sample_sites(model_trace)
+               if not site["is_observed"] and name not in guide_trace.nodes]
+    not_reparameterized = [name for name, site in sample_sites(guide_trace)
+                           if name != enumerated[0] and not site["is_observed"] and not site["fn"].has_rsample]
     if missing or not_reparameterized:
         raise ValueError(f"enumerated_negative_elbo needs every latent of the model in the guide (missing: "
                          f"{missing or 'none'}) and the guide's other latents reparameterized (not: "
@@ -70,7 +71,6 @@ def enumerated_negative_elbo(model: Callable, guide: Callable, *args: Any, max_p
             return (weights * log_prob).sum()
         return log_prob.sum()
 
-    elbo = sum(expected(site["log_prob"]) for site in model_trace.nodes.values() if site["type"] == "sample")
-    elbo = elbo - sum(expected(site["log_prob"]) for site in guide_trace.nodes.values()
-                      if site["type"] == "sample" and not site["is_observed"])
+    elbo = sum(expected(site["log_prob"]) for _, site in sample_sites(model_trace))
+    elbo = elbo - sum(expected(site["log_prob"]) for _, site in sample_sites(guide_trace) if not site["is_observed"])
     return -elbo
