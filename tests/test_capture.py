@@ -105,15 +105,17 @@ def test_other_families_captured_train_as_they_do_eagerly(tmp_path, caplog, fami
     assert_same_training(captured, train(tmp_path, "eager", factory, caplog, data=data, capture=False))
 
 
-@pytest.mark.parametrize("weighting, recordings", [("batch", 2), ("interleave", 3)])
-def test_m2_is_captured_and_trains_as_it_does_eagerly(tmp_path, caplog, weighting, recordings):
+@pytest.mark.parametrize("weighting, recordings, objective", [("batch", 2, "elbo"), ("interleave", 3, "elbo"),
+                                                              ("batch", 2, "meanfield")])
+def test_m2_is_captured_and_trains_as_it_does_eagerly(tmp_path, caplog, weighting, recordings, objective):
     """M2's loss sums the class out without TraceEnum_ELBO, so its step is recorded: paired batches of
     64 and 24 unlabelled images with 20 labelled ones, or (interleave) two unlabelled shapes and a
-    labelled-only step; the runs match the eager ones."""
+    labelled-only step, with Monte Carlo or closed-form KL; the runs match the eager ones."""
     factory = lambda: SSVAE(hidden_dim=32, z_dim=4, labels=20, labelled_weighting=weighting)  # noqa: E731
     data = ((images(), labels()), (images(100, 1), labels(100, 1)))
-    captured = train(tmp_path, "captured", factory, caplog, data=data, kl_warmup_epochs=0)
-    eager = train(tmp_path, "eager", factory, caplog, data=data, kl_warmup_epochs=0, capture=False)
+    settings = {"kl_warmup_epochs": 0, "objective": objective}
+    captured = train(tmp_path, "captured", factory, caplog, data=data, **settings)
+    eager = train(tmp_path, "eager", factory, caplog, data=data, capture=False, **settings)
     assert captured[2].count("training step captured as a graph") == recordings
     assert "training step captured" not in eager[2]
     for a, b in zip(captured[0], eager[0], strict=True):

@@ -7,12 +7,13 @@ import pyro
 import pytest
 import torch
 from pyro import poutine
-from pyro.infer import config_enumerate
+from pyro.infer import TraceMeanField_ELBO, config_enumerate
 from torch.nn import functional as F
 
 from pyro_vae import build_model, DataConfig, ModelConfig, RunConfig, TrainConfig, estimate_run, fit_config, load_dataset
 from pyro_vae.runs.config import ConfigError
 from pyro_vae.inference.evaluate import class_elbos, generative_accuracy
+from pyro_vae.inference.enumeration import enumerated_negative_elbo
 from pyro_vae.training.plan import training_plan
 from pyro_vae.models import SSVAE
 from pyro_vae.viz.plots import class_conditional_grid
@@ -244,7 +245,8 @@ def test_class_conditional_grid_has_a_row_per_class(trained_ssvae):
     [
         ({"labels": None}, {}, "SSVAE trains semi-supervised and needs labels=N"),
         ({"labels": 100}, {"beta": 2.0}, "SSVAE supports only beta=1.0"),
-        ({"labels": 100}, {"objective": "iwae"}, "SSVAE supports only objective='elbo'"),
+        ({"labels": 100}, {"objective": "iwae"}, "SSVAE trains on the ELBO with the labels summed out: objective elbo "
+                                                  "or meanfield"),
         ({"labels": 100, "labelled_weighting": "epoch"}, {}, "labelled_weighting 'epoch' is not one of: pass, batch"),
         ({"labels": 100, "aux_weight": -1.0}, {}, "aux_weight must be >= 0"),
     ],
@@ -272,6 +274,21 @@ def test_labelled_weighting_sets_the_weight_of_a_steps_labelled_terms(sample_dat
     assert batches.labelled_scale == pytest.approx(100 / (len(batches) * 100))
     assert losses["pass"] == pytest.approx(unsupervised + batches.labelled_scale * labelled, rel=1e-6)
     assert losses["batch"] == pytest.approx(unsupervised + labelled, rel=1e-6)
+
+
+def test_meanfield_objective_takes_the_kl_of_z_in_closed_form_in_both_elbos(sample_dataset):
+    torch.manual_seed(0)
+    model = SSVAE(z_dim=8, hidden_dim=64, labels=100)
+    loss = training_plan(model, TrainConfig(objective="meanfield"), sample_dataset, "dynamic").loss_module
+    x, y = sample_dataset.train_images[:32].bernoulli(), sample_dataset.train_labels[:32]
+    pyro.set_rng_seed(1)
+    expected = TraceMeanField_ELBO(max_plate_nesting=1).differentiable_loss(model.model, model.guide, x, y)
+    pyro.set_rng_seed(1)
+    assert loss.supervised_loss(x, y).item() == pytest.approx(expected.item(), rel=1e-6)
+    pyro.set_rng_seed(1)
+    expected = enumerated_negative_elbo(model.model, model.guide, x, analytic_kl=True)
+    pyro.set_rng_seed(1)
+    assert loss.unsupervised_loss(x).item() == pytest.approx(expected.item(), rel=1e-6)
 
 
 def test_configs_of_earlier_versions_read_as_model_arguments():

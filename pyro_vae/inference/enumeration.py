@@ -24,11 +24,12 @@ from pyro import poutine
 from pyro.infer import config_enumerate
 from pyro.poutine.util import prune_subsample_sites
 
+from pyro_vae.inference.closed_form_kl import elbo_terms
 from pyro_vae.inference.traces import sample_sites
 
 
 def enumerated_negative_elbo(model: Callable, guide: Callable, *args: Any, max_plate_nesting: int = 1,
-                             **kwargs: Any) -> torch.Tensor:
+                             analytic_kl: bool = False, **kwargs: Any) -> torch.Tensor:
     """-ELBO summed over the batch, one sample of the continuous latents, the guide's discrete site enumerated.
 
     Args:
@@ -38,6 +39,8 @@ def enumerated_negative_elbo(model: Callable, guide: Callable, *args: Any, max_p
         *args: passed to both.
         max_plate_nesting: the plates the model and guide nest at most (the enumeration uses the
             dimension to their left).
+        analytic_kl: KL(q || p) in closed form at the latent sites where it is exact (see
+            :func:`pyro_vae.inference.closed_form_kl.closed_form_kls`), Monte Carlo elsewhere.
         **kwargs: passed to both.
 
     Raises:
@@ -66,11 +69,9 @@ def enumerated_negative_elbo(model: Callable, guide: Callable, *args: Any, max_p
     weights = guide_trace.nodes[enumerated[0]]["unscaled_log_prob"].exp()  # q(y|x), the enumerated values at dim -2
 
     def expected(log_prob: torch.Tensor) -> torch.Tensor:
-        """A site's log-density summed over the batch, averaged over y under q where it depends on y."""
+        """A term summed over the batch, averaged over y under q where it depends on y."""
         if log_prob.dim() >= -enumeration_dim and log_prob.shape[enumeration_dim] > 1:
             return (weights * log_prob).sum()
         return log_prob.sum()
 
-    elbo = sum(expected(site["log_prob"]) for _, site in sample_sites(model_trace))
-    elbo = elbo - sum(expected(site["log_prob"]) for _, site in sample_sites(guide_trace) if not site["is_observed"])
-    return -elbo
+    return -sum(expected(term) for term in elbo_terms(model_trace, guide_trace, analytic_kl))

@@ -12,12 +12,13 @@ import math
 import pyro
 import torch
 from pyro import poutine
-from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
+from pyro.infer import Trace_ELBO
 from pyro.infer.util import is_identically_zero
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import prune_subsample_sites
 from torch import nn
 
+from pyro_vae.inference.closed_form_kl import elbo_terms
 from pyro_vae.inference.traces import log_weights_from_traces, sample_sites, trace_particles
 
 
@@ -96,8 +97,27 @@ def _pyro_surrogate_loss(elbo: Trace_ELBO, traces: list) -> torch.Tensor:
     return loss + (surrogate - surrogate.detach())
 
 
-class RecordedTraceMeanField_ELBO(_KeepsTraces, TraceMeanField_ELBO):
-    """:class:`pyro.infer.TraceMeanField_ELBO` (analytic KL) that keeps its traces."""
+class RecordedTraceMeanField_ELBO(RecordedTrace_ELBO):
+    """The ELBO with KL(q || p) in closed form at every latent site where that is exact, Monte Carlo at the
+    others (see :mod:`pyro_vae.inference.closed_form_kl`); keeps its traces.
+
+    Where the model and the guide draw their latents in the same order (a VAE) its loss is
+    :class:`pyro.infer.TraceMeanField_ELBO`'s; where they do not (M1+M2's features, drawn first by the
+    guide and last by the model), Pyro's closed form would be biased at the out-of-order sites and
+    this objective keeps their Monte Carlo term. Computed on the device, like :class:`RecordedTrace_ELBO`.
+    """
+
+    def differentiable_loss(self, model, guide, *args, **kwargs):
+        self.traces = []
+        traces = list(self._get_traces(model, guide, args, kwargs))
+        not_reparameterized = sorted({name for _, guide_trace in traces for name, site in sample_sites(guide_trace)
+                                      if not is_identically_zero(site["score_parts"].score_function)})
+        if not_reparameterized:
+            raise ValueError(f"the mean-field (closed-form KL) objective needs reparameterized guide latents; "
+                             f"{', '.join(not_reparameterized)} are not: use --objective elbo")
+        elbo = sum(term.sum() for model_trace, guide_trace in traces
+                   for term in elbo_terms(model_trace, guide_trace, analytic_kl=True))
+        return -elbo / self.num_particles
 
 
 GRADIENTS = ("standard", "dreg", "stl")

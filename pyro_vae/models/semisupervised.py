@@ -10,7 +10,7 @@ from torch import nn
 from pyro_vae.data.batches import evaluation_batches, evaluation_split, fixed_binarization
 from pyro_vae.data.datasets import Dataset
 from pyro_vae.inference.enumeration import enumerated_negative_elbo
-from pyro_vae.inference.objectives import RecordedTrace_ELBO
+from pyro_vae.inference.objectives import RecordedTrace_ELBO, RecordedTraceMeanField_ELBO
 from pyro_vae.runs.config import ConfigError, TrainConfig
 
 # Statistics the loss keeps per step, summed over an epoch.
@@ -119,24 +119,29 @@ class SemiSupervisedLoss(nn.Module):
 
     ``forward(x_unlabelled, x_labelled, y_labelled)`` returns that sum; :meth:`last_statistics`
     the step's unweighted summed terms and counts, for per-epoch metrics without a host
-    synchronisation. ``labelled_scale`` is 1 or :attr:`SemiSupervisedBatches.labelled_scale`.
+    synchronisation. ``labelled_scale`` is 1 or :attr:`SemiSupervisedBatches.labelled_scale`;
+    ``analytic_kl`` takes both ELBOs' KL terms in closed form where exact (``--objective meanfield``,
+    see :mod:`pyro_vae.inference.closed_form_kl`).
     """
 
-    def __init__(self, model: nn.Module, aux_weight: float, labelled_scale: float = 1.0) -> None:
+    def __init__(self, model: nn.Module, aux_weight: float, labelled_scale: float = 1.0,
+                 analytic_kl: bool = False) -> None:
         super().__init__()
         self.model = model
         self.aux_weight = aux_weight
         self.labelled_scale = labelled_scale
+        self.analytic_kl = analytic_kl
         self.elbo = RecordedTrace_ELBO(max_plate_nesting=1)  # Trace_ELBO's loss, computed without host reads
+        self.labelled_elbo = RecordedTraceMeanField_ELBO(max_plate_nesting=1) if analytic_kl else self.elbo
         self._statistics = torch.zeros(7)
 
     def unsupervised_loss(self, x: torch.Tensor) -> torch.Tensor:
         """-ELBO of unlabelled images, the label summed out under q(y|x), summed over the batch."""
-        return enumerated_negative_elbo(self.model.model, self.model.guide, x)
+        return enumerated_negative_elbo(self.model.model, self.model.guide, x, analytic_kl=self.analytic_kl)
 
     def supervised_loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """-ELBO of labelled images (log p(x, y) bound), summed over the batch."""
-        return self.elbo.differentiable_loss(self.model.model, self.model.guide, x, y)
+        return self.labelled_elbo.differentiable_loss(self.model.model, self.model.guide, x, y)
 
     def classification_loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """-aux_weight * log q(y|x), summed over the batch."""
@@ -225,7 +230,7 @@ class SemiSupervisedPlan:
             unlabelled image; ``pass``: an epoch's labelled terms add up to one pass over the
             labelled subset; ``interleave``: one pass over the labelled subset per epoch in steps
             of their own, at full weight), see :func:`check_semisupervised_settings`.
-        settings: the run's optimisation settings (the plain ELBO alone: no IWAE, beta or warm-up).
+        settings: the run's optimisation settings (the ELBO, closed-form KL optional: no IWAE, beta or warm-up).
         dataset: labelled training data.
         binarize: how training images are binarized.
     """
@@ -242,7 +247,10 @@ class SemiSupervisedPlan:
         if dataset.train_labels is None:
             raise ConfigError(f"{name} needs labelled data but {dataset.name} has no labels; use mnist, "
                               "fashion-mnist or mnist-sample")
-        unsupported = {"objective": (settings.objective, "elbo"), "gradient": (settings.gradient, "standard"),
+        if settings.objective not in ("elbo", "meanfield"):
+            raise ConfigError(f"{name} trains on the ELBO with the labels summed out: objective elbo or meanfield "
+                              f"(closed-form KL where exact), got {settings.objective!r}")
+        unsupported = {"gradient": (settings.gradient, "standard"),
                        "beta": (settings.beta, 1.0),
                        "kl_warmup_epochs": (settings.kl_warmup_epochs, 0), "num_particles": (settings.num_particles, 1)}
         for setting, (value, supported) in unsupported.items():
@@ -255,7 +263,7 @@ class SemiSupervisedPlan:
                                              settings.batch_size, binarize, settings.seed,
                                              interleave=labelled_weighting == "interleave")
         labelled_scale = self.batches.labelled_scale if labelled_weighting == "pass" else 1.0
-        self.loss_module = SemiSupervisedLoss(model, aux_weight, labelled_scale)
+        self.loss_module = SemiSupervisedLoss(model, aux_weight, labelled_scale, settings.objective == "meanfield")
 
     def before_step(self, step: int, steps_per_epoch: int) -> None:
         """Nothing changes from step to step."""
