@@ -58,8 +58,8 @@ def run_config(args: argparse.Namespace, num_labels: int, seed: int) -> RunConfi
     return RunConfig(
         data=DataConfig(dataset=args.dataset, data_dir=args.data_dir, download=not args.no_download),
         model=ModelConfig(args.model, model_args(args, num_labels)),
-        train=TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=seed,
-                          device=args.device),
+        train=TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, adam_beta1=args.adam_beta1,
+                          objective=args.objective, seed=seed, device=args.device),
     )
 
 
@@ -118,7 +118,8 @@ def markdown_table(results: dict[int, list[RunResult]], args: argparse.Namespace
     sources = list(published)
     lines = [
         f"Test error (%) of {MODEL_NAMES[args.model]} on {args.dataset}: mean and 95% confidence interval over label draws "
-        f"(seeds {' '.join(map(str, args.seeds))}); {args.epochs} epochs, batch {args.batch_size}, lr {args.lr}, "
+        f"(seeds {' '.join(map(str, args.seeds))}); {args.epochs} epochs, {args.objective} objective, "
+        f"batch {args.batch_size}, lr {args.lr}, Adam beta1 {args.adam_beta1}, "
         f"aux weight {args.aux_weight}, labelled weighting {args.labelled_weighting}, MLP hidden {args.hidden_dim}, "
         f"z {args.z_dim}; epoch chosen on validation accuracy (best epoch: its range over seeds; epochs: trained).",
         "",
@@ -154,6 +155,9 @@ def main() -> int:
                          for model, settings in MODEL_DEFAULTS.items())
     parser.add_argument("--batch-size", type=int, help=f"default by model ({defaults})")
     parser.add_argument("--lr", type=float, help="default by model")
+    parser.add_argument("--adam-beta1", type=float, default=TrainConfig.adam_beta1)
+    parser.add_argument("--objective", choices=("elbo", "meanfield"), default="elbo",
+                        help="meanfield: the KL of z (M2) or z2 (M1+M2) in closed form")
     parser.add_argument("--aux-weight", type=float, default=50.0)
     parser.add_argument("--labelled-weighting", choices=LABELLED_WEIGHTINGS, default="batch")
     parser.add_argument("--hidden-dim", type=int, help="default by model")

@@ -97,9 +97,12 @@ def test_reproduce_mnist_nll_writes_the_table_and_reuses_or_resumes_runs(tmp_pat
 def test_ssvae_label_sweep_writes_the_table_and_the_sample_figure(tmp_path):
     result = run_script("ssvae_label_sweep.py", "--dataset", "mnist-sample", "--no-download", "--labels", "20", "50",
                         "--seeds", "0", "1", "--epochs", "1", "--hidden-dim", "16", "--z-dim", "4", "--device", "cpu",
-                        "--out", tmp_path / "sweep", cwd=tmp_path)
+                        "--objective", "meanfield", "--adam-beta1", "0.95", "--out", tmp_path / "sweep", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     table = (tmp_path / "sweep" / "error_table.md").read_text()
+    assert "1 epochs, meanfield objective, batch 200, lr 0.00042, Adam beta1 0.95, " in table
+    config = json.loads((tmp_path / "sweep" / "labels20-seed0" / "config.json").read_text())
+    assert (config["train"]["objective"], config["train"]["adam_beta1"]) == ("meanfield", 0.95)
     rows = [line for line in table.splitlines() if line.startswith("| 20 |") or line.startswith("| 50 |")]
     assert len(rows) == 2 and all(row.startswith(f"| {n} | 2 | ") and "± " in row and " | 1 | 1 | " in row
                                   for n, row in zip((20, 50), rows))  # 2 seeds, best epoch 1 of 1
@@ -115,7 +118,7 @@ def test_ssvae_label_sweep_writes_the_table_and_the_sample_figure(tmp_path):
     metrics = (tmp_path / "sweep" / "labels20-seed0" / "metrics.jsonl").read_text()
     again = run_script("ssvae_label_sweep.py", "--dataset", "mnist-sample", "--no-download", "--labels", "20", "50",
                        "--seeds", "0", "1", "--epochs", "1", "--hidden-dim", "16", "--z-dim", "4", "--device", "cpu",
-                       "--out", tmp_path / "sweep", cwd=tmp_path)
+                       "--objective", "meanfield", "--adam-beta1", "0.95", "--out", tmp_path / "sweep", cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     assert [line for line in again.stdout.splitlines() if line.startswith("labels")] == [
         "labels20-seed0: finished, reused", "labels20-seed1: finished, reused", "labels50-seed0: finished, reused",
