@@ -15,7 +15,7 @@ from pyro_vae.inference.enumeration import enumerated_negative_elbo
 from pyro_vae.inference.objectives import RecordedTraceMeanField_ELBO
 from pyro_vae.inference.traces import trace_particles
 from pyro_vae.models import VAE
-from tests.test_enumeration import FeaturesThenClass, float64  # noqa: F401 (fixture)
+from test_enumeration import FeaturesThenClass, float64  # noqa: F401 (fixture)
 
 
 def hand_terms(model: FeaturesThenClass, x, u, z, y):

@@ -57,7 +57,7 @@ def test_enumerated_m1m2_loss_equals_the_hand_summed_expectation_over_classes(m1
     pyro.set_rng_seed(5)
     enumerated = poutine.enum(config_enumerate(model.guide, "parallel"), first_available_dim=-2)
     trace = poutine.trace(enumerated).get_trace(digits)
-    u, z2 = trace.nodes["features"]["value"], trace.nodes["z2"]["value"]
+    u, z2 = trace.nodes["features"]["value"], trace.nodes["z"]["value"]
     assert u.shape == (len(digits), model.feature_dim) and z2.shape == (10, len(digits), 2)
     m1 = load_run(m1_run).model
     loc, scale = m1.encoder(digits)
@@ -76,6 +76,25 @@ def test_enumerated_m1m2_loss_equals_the_hand_summed_expectation_over_classes(m1
                         - normal_log_density(z2[c], z2_loc, z2_scale) - log_q_u)
     elbo = (log_q_y.exp() * (torch.stack(by_class, -1) - log_q_y)).sum()
     assert loss.item() == pytest.approx(-elbo.item(), rel=1e-5)
+
+def test_encode_and_decode_are_the_style_z2_and_the_images_of_m1s_decoder(m1_run, digits):
+    torch.manual_seed(0)
+    model = build_model("m1m2", m1_run=str(m1_run), hidden_dim=16, z2_dim=2)
+    m1 = load_run(m1_run).model
+    u = m1.encoder(digits)[0][:, model.active]  # M1's posterior mean, active units
+    labels = torch.tensor([3, 0, 9, 3])
+    style = gaussian_head(model.encoder, torch.cat([u, F.one_hot(labels, 10).float()], -1))[0]
+    torch.testing.assert_close(model.encode(digits, labels), style)
+    predicted = model.classifier(u).argmax(-1)
+    torch.testing.assert_close(model.encode(digits), model.encode(digits, predicted))
+    z2 = torch.randn(4, 2)
+    u_mean = gaussian_head(model.decoder, torch.cat([z2, F.one_hot(labels, 10).float()], -1))[0]
+    m1_latent = model.inactive_means.expand(4, -1).clone()
+    m1_latent[:, model.active] = u_mean
+    torch.testing.assert_close(model.decode(z2, labels), torch.sigmoid(m1.decoder(m1_latent)))
+    trace = poutine.trace(model.model).get_trace(digits)  # the style is site "z", as the figures draw it
+    assert trace.nodes["z"]["value"].shape == (4, 2)
+
 
 @pytest.mark.slow
 def test_m1m2_trains_m2_alone_on_fresh_features_and_scores_log_p_x(m1_run, tmp_path):

@@ -34,6 +34,8 @@ class M1M2(nn.Module):
     (Kingma et al.'s M1+M2), and the ELBO bounds log p(x) of the whole stacked model, so the toolkit's
     estimators score it as any model of x. Units of M1 with Cov_x(E[z|x]) <= ``active_threshold`` on
     the run's validation images are dropped (Burda et al.'s criterion); they stay at their posterior mean.
+    Sample sites: ``features`` (u), ``y`` and ``z`` (the style, the paper's z2: the latent that
+    :meth:`encode` returns and :meth:`decode` takes, so the toolkit's figures draw it by its usual name).
 
     Args:
         m1_run: a finished VAE run directory (its best checkpoint is M1).
@@ -130,7 +132,7 @@ class M1M2(nn.Module):
         with pyro.plate("data", x.shape[0]):
             prior_y = dist.Categorical(logits=x.new_zeros(x.shape[0], self.num_classes))
             y = pyro.sample("y", prior_y, obs=y)
-            z2 = pyro.sample("z2", dist.Normal(x.new_zeros(x.shape[0], self.z2_dim), 1.0).to_event(1))
+            z2 = pyro.sample("z", dist.Normal(x.new_zeros(x.shape[0], self.z2_dim), 1.0).to_event(1))
             features = pyro.sample("features", self._gaussian(self.decoder, self._join(z2, self._one_hot(y))))
             return pyro.sample("x", self.m1.likelihood_dist(self._m1_latent(features)), obs=x)
 
@@ -139,7 +141,7 @@ class M1M2(nn.Module):
             features = pyro.sample("features", self.features_dist(x))
             if y is None:
                 y = pyro.sample("y", dist.Categorical(logits=self.classifier(features)))
-            return pyro.sample("z2", self._gaussian(self.encoder, self._join(features, self._one_hot(y))))
+            return pyro.sample("z", self._gaussian(self.encoder, self._join(features, self._one_hot(y))))
 
     def classifier_model(self, x: torch.Tensor, y: torch.Tensor, aux_weight: float = 1.0) -> None:
         """The auxiliary term: ``aux_weight * log q(y|u)`` with u ~ q_M1(z|x) drawn afresh."""
@@ -157,8 +159,16 @@ class M1M2(nn.Module):
 
     @torch.no_grad()
     def encode(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        """M1's posterior mean of its active units."""
-        return self.features_dist(x).mean
+        """The style E_q[z2|u, y] at M1's posterior mean u = E_q[u|x]; ``y`` defaults to the classifier's label."""
+        features = self.features_dist(x).mean
+        y = self.classifier(features).argmax(-1) if y is None else y
+        return self._gaussian(self.encoder, self._join(features, self._one_hot(y))).mean
+
+    @torch.no_grad()
+    def decode(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The mean of p_M1(x|u) at the features' mean u = E[u|y, z2] (``z`` is z2)."""
+        features = self._gaussian(self.decoder, self._join(z, self._one_hot(y))).mean
+        return self.m1.likelihood_dist(self._m1_latent(features)).mean
 
     def training_plan(self, settings: TrainConfig, dataset: Dataset, binarize: str) -> SemiSupervisedPlan:
         """M2's semi-supervised training (labelled and unlabelled batches, y enumerated)."""
