@@ -24,7 +24,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from pyro_vae import DataConfig, ModelConfig, RunConfig, TrainConfig, fit_config, load_run
+from pyro_vae import DataConfig, ModelConfig, RunConfig, TrainConfig, fit_config, load_dataset, load_run
 from pyro_vae.data.batches import evaluation_split
 from pyro_vae.models.semisupervised import LABELLED_WEIGHTINGS
 from pyro_vae.runs.layout import METRICS_FILE, SUMMARY_FILE
@@ -54,17 +54,23 @@ def confidence_interval(values: list[float]) -> tuple[float, float]:
     return mean, quantile * statistics.stdev(values) / math.sqrt(len(values))
 
 
-def run_config(args: argparse.Namespace, num_labels: int, seed: int) -> RunConfig:
+def run_config(args: argparse.Namespace, num_labels: int, seed: int, num_train: int) -> RunConfig:
     return RunConfig(
         data=DataConfig(dataset=args.dataset, data_dir=args.data_dir, download=not args.no_download),
-        model=ModelConfig(args.model, model_args(args, num_labels)),
+        model=ModelConfig(args.model, model_args(args, num_labels, num_train)),
         train=TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, adam_beta1=args.adam_beta1,
-                          objective=args.objective, seed=seed, device=args.device),
+                          objective=args.objective, patience=args.patience, seed=seed, device=args.device),
     )
 
 
-def model_args(args: argparse.Namespace, num_labels: int) -> dict:
-    shared = {"hidden_dim": args.hidden_dim, "labels": num_labels, "aux_weight": args.aux_weight,
+def aux_weight(args: argparse.Namespace, num_labels: int, num_train: int) -> float:
+    """The classifier term's weight per labelled image: ``--aux-weight``, else Kingma et al.'s alpha = 0.1 N
+    over the labelled mean, that is 0.1 N / labels per image (50 for 100 labels of MNIST's 50,000)."""
+    return args.aux_weight if args.aux_weight is not None else 0.1 * num_train / num_labels
+
+
+def model_args(args: argparse.Namespace, num_labels: int, num_train: int) -> dict:
+    shared = {"hidden_dim": args.hidden_dim, "labels": num_labels, "aux_weight": aux_weight(args, num_labels, num_train),
               "labelled_weighting": args.labelled_weighting}
     if args.model == "m1m2":
         return {"m1_run": str(args.m1_run.resolve()), "z2_dim": args.z_dim, **shared}
@@ -91,7 +97,7 @@ def read_run(run_dir: Path) -> RunResult:
                      valid_errors=[(r["epoch"], 100 * (1 - r["valid"]["accuracy"])) for r in records])
 
 
-def sweep_run(args: argparse.Namespace, num_labels: int, seed: int) -> RunResult:
+def sweep_run(args: argparse.Namespace, num_labels: int, seed: int, num_train: int) -> RunResult:
     """One run of the sweep: a finished run is read back, an interrupted one resumed, a missing one trained."""
     run_dir = args.out / f"labels{num_labels}-seed{seed}"
     if (run_dir / SUMMARY_FILE).is_file():
@@ -99,7 +105,7 @@ def sweep_run(args: argparse.Namespace, num_labels: int, seed: int) -> RunResult
     else:
         interrupted = (run_dir / "checkpoints" / "last.pt").is_file()
         print(f"{run_dir.name}: {'interrupted, resumed' if interrupted else 'training'}", flush=True)
-        fit_config(run_config(args, num_labels, seed), run_dir, resume=interrupted, overwrite=not interrupted,
+        fit_config(run_config(args, num_labels, seed, num_train), run_dir, resume=interrupted, overwrite=not interrupted,
                    progress=False)
     return read_run(run_dir)
 
@@ -113,18 +119,19 @@ def published_for(dataset: str, model: str) -> dict[str, dict[int, float]]:
     return PUBLISHED[model] if dataset == "mnist" else {}
 
 
-def markdown_table(results: dict[int, list[RunResult]], args: argparse.Namespace) -> str:
+def markdown_table(results: dict[int, list[RunResult]], args: argparse.Namespace, num_train: int) -> str:
     published = published_for(args.dataset, args.model)
     sources = list(published)
     lines = [
         f"Test error (%) of {MODEL_NAMES[args.model]} on {args.dataset}: mean and 95% confidence interval over label draws "
         f"(seeds {' '.join(map(str, args.seeds))}); {args.epochs} epochs, {args.objective} objective, "
         f"batch {args.batch_size}, lr {args.lr}, Adam beta1 {args.adam_beta1}, "
-        f"aux weight {args.aux_weight}, labelled weighting {args.labelled_weighting}, MLP hidden {args.hidden_dim}, "
-        f"z {args.z_dim}; epoch chosen on validation accuracy (best epoch: its range over seeds; epochs: trained).",
+        f"patience {args.patience}, labelled weighting {args.labelled_weighting}, MLP hidden {args.hidden_dim}, "
+        f"z {args.z_dim}; epoch chosen on validation accuracy (best epoch: its range over seeds; epochs: trained; "
+        f"aux weight: per labelled image).",
         "",
-        _row(["labels", "runs", "test error (ours)", "best epoch", "epochs", "s / epoch", *sources]),
-        _row(["---"] * (6 + len(sources))),
+        _row(["labels", "runs", "test error (ours)", "best epoch", "epochs", "s / epoch", "aux weight", *sources]),
+        _row(["---"] * (7 + len(sources))),
     ]
     for num_labels, runs in results.items():
         mean, half_width = confidence_interval([run.test_error for run in runs])
@@ -133,7 +140,8 @@ def markdown_table(results: dict[int, list[RunResult]], args: argparse.Namespace
         cells = [f"{published[source][num_labels]:.2f}" if num_labels in published[source] else "n/a"
                  for source in sources]
         lines.append(_row([str(num_labels), str(len(runs)), interval, _span([run.best_epoch for run in runs]),
-                           _span([run.epochs for run in runs]), f"{seconds:.1f}", *cells]))
+                           _span([run.epochs for run in runs]), f"{seconds:.1f}",
+                           f"{aux_weight(args, num_labels, num_train):g}", *cells]))
     return "\n".join(lines) + "\n"
 
 
@@ -158,7 +166,11 @@ def main() -> int:
     parser.add_argument("--adam-beta1", type=float, default=TrainConfig.adam_beta1)
     parser.add_argument("--objective", choices=("elbo", "meanfield"), default="elbo",
                         help="meanfield: the KL of z (M2) or z2 (M1+M2) in closed form")
-    parser.add_argument("--aux-weight", type=float, default=50.0)
+    parser.add_argument("--aux-weight", type=float,
+                        help="the classifier term's weight per labelled image (default: Kingma et al.'s alpha = 0.1 N, "
+                             "0.1 N / labels per image, N the training images)")
+    parser.add_argument("--patience", type=int, help="stop a run after this many epochs without a better "
+                        "validation accuracy (default: train all --epochs)")
     parser.add_argument("--labelled-weighting", choices=LABELLED_WEIGHTINGS, default="batch")
     parser.add_argument("--hidden-dim", type=int, help="default by model")
     parser.add_argument("--z-dim", type=int, help="z of M2, z2 of M1+M2; default by model")
@@ -172,8 +184,9 @@ def main() -> int:
             setattr(args, name, value)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
 
-    results = {n: [sweep_run(args, n, seed) for seed in args.seeds] for n in args.labels}
-    table = markdown_table(results, args)
+    num_train = len(load_dataset(args.dataset, args.data_dir, download=not args.no_download).train_images)
+    results = {n: [sweep_run(args, n, seed, num_train) for seed in args.seeds] for n in args.labels}
+    table = markdown_table(results, args, num_train)
     (args.out / "error_table.md").write_text(table)
     print(table)
 

@@ -107,7 +107,13 @@ def test_ssvae_label_sweep_writes_the_table_and_the_sample_figure(tmp_path):
     assert len(rows) == 2 and all(row.startswith(f"| {n} | 2 | ") and "± " in row and " | 1 | 1 | " in row
                                   for n, row in zip((20, 50), rows))  # 2 seeds, best epoch 1 of 1
     # published figures are of the full MNIST only
-    assert "| labels | runs | test error (ours) | best epoch | epochs | s / epoch |\n" in table
+    assert "| labels | runs | test error (ours) | best epoch | epochs | s / epoch | aux weight |\n" in table
+    # Kingma et al.'s alpha = 0.1 N by default: 0.1 x training images / labels per labelled image
+    num_train = len(load_dataset("mnist-sample").train_images)
+    for num_labels, row in zip((20, 50), rows):
+        assert row.endswith(f" | {0.1 * num_train / num_labels:g} |")
+        run_config = json.loads((tmp_path / "sweep" / f"labels{num_labels}-seed0" / "config.json").read_text())
+        assert run_config["model"]["args"]["aux_weight"] == pytest.approx(0.1 * num_train / num_labels)
     summary = json.loads((tmp_path / "sweep" / "labels50-seed1" / "summary.json").read_text())
     assert 0 <= summary["test"]["accuracy"] <= 1
     for name in ("class_conditional_samples", "error_vs_labels", "valid_error_curves", "analogies"):
