@@ -56,7 +56,8 @@ def confidence_interval(values: list[float]) -> tuple[float, float]:
 
 def run_config(args: argparse.Namespace, num_labels: int, seed: int, num_train: int) -> RunConfig:
     return RunConfig(
-        data=DataConfig(dataset=args.dataset, data_dir=args.data_dir, download=not args.no_download),
+        data=DataConfig(dataset=args.dataset, data_dir=args.data_dir, valid_size=args.valid_size,
+                        download=not args.no_download),
         model=ModelConfig(args.model, model_args(args, num_labels, num_train)),
         train=TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, adam_beta1=args.adam_beta1,
                           objective=args.objective, patience=args.patience, seed=seed, device=args.device),
@@ -154,6 +155,8 @@ def main() -> int:
     parser.add_argument("--dataset", default="mnist")
     parser.add_argument("--data-dir", default="data")
     parser.add_argument("--no-download", action="store_true")
+    parser.add_argument("--valid-size", type=int, help="labelled validation images carved from train, which select "
+                        "each run's epoch (default: the dataset's, 10,000 for MNIST)")
     parser.add_argument("--model", choices=sorted(MODEL_NAMES), default="ssvae")
     parser.add_argument("--m1-run", type=Path, default=None, help="--model m1m2: the finished VAE run (M1)")
     parser.add_argument("--labels", type=int, nargs="+", default=[100, 600, 1000, 3000])
@@ -184,7 +187,8 @@ def main() -> int:
             setattr(args, name, value)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
 
-    num_train = len(load_dataset(args.dataset, args.data_dir, download=not args.no_download).train_images)
+    num_train = len(load_dataset(args.dataset, args.data_dir, valid_size=args.valid_size,
+                                 download=not args.no_download).train_images)
     results = {n: [sweep_run(args, n, seed, num_train) for seed in args.seeds] for n in args.labels}
     table = markdown_table(results, args, num_train)
     (args.out / "error_table.md").write_text(table)

@@ -95,7 +95,8 @@ def test_reproduce_mnist_nll_writes_the_table_and_reuses_or_resumes_runs(tmp_pat
 
 @pytest.mark.slow
 def test_ssvae_label_sweep_writes_the_table_and_the_sample_figure(tmp_path):
-    result = run_script("ssvae_label_sweep.py", "--dataset", "mnist-sample", "--no-download", "--labels", "20", "50",
+    result = run_script("ssvae_label_sweep.py", "--dataset", "mnist-sample", "--no-download", "--valid-size", "1000",
+                        "--labels", "20", "50",
                         "--seeds", "0", "1", "--epochs", "1", "--hidden-dim", "16", "--z-dim", "4", "--device", "cpu",
                         "--objective", "meanfield", "--adam-beta1", "0.95", "--out", tmp_path / "sweep", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
@@ -109,11 +110,12 @@ def test_ssvae_label_sweep_writes_the_table_and_the_sample_figure(tmp_path):
     # published figures are of the full MNIST only
     assert "| labels | runs | test error (ours) | best epoch | epochs | s / epoch | aux weight |\n" in table
     # Kingma et al.'s alpha = 0.1 N by default: 0.1 x training images / labels per labelled image
-    num_train = len(load_dataset("mnist-sample").train_images)
+    num_train = len(load_dataset("mnist-sample", valid_size=1000).train_images)
     for num_labels, row in zip((20, 50), rows):
         assert row.endswith(f" | {0.1 * num_train / num_labels:g} |")
         run_config = json.loads((tmp_path / "sweep" / f"labels{num_labels}-seed0" / "config.json").read_text())
         assert run_config["model"]["args"]["aux_weight"] == pytest.approx(0.1 * num_train / num_labels)
+        assert run_config["data"]["valid_size"] == 1000
     summary = json.loads((tmp_path / "sweep" / "labels50-seed1" / "summary.json").read_text())
     assert 0 <= summary["test"]["accuracy"] <= 1
     for name in ("class_conditional_samples", "error_vs_labels", "valid_error_curves", "analogies"):
@@ -122,7 +124,8 @@ def test_ssvae_label_sweep_writes_the_table_and_the_sample_figure(tmp_path):
     # killed before its summary: that run resumes, the finished ones are reused, nothing trains twice
     (tmp_path / "sweep" / "labels50-seed1" / "summary.json").unlink()
     metrics = (tmp_path / "sweep" / "labels20-seed0" / "metrics.jsonl").read_text()
-    again = run_script("ssvae_label_sweep.py", "--dataset", "mnist-sample", "--no-download", "--labels", "20", "50",
+    again = run_script("ssvae_label_sweep.py", "--dataset", "mnist-sample", "--no-download", "--valid-size", "1000",
+                       "--labels", "20", "50",
                        "--seeds", "0", "1", "--epochs", "1", "--hidden-dim", "16", "--z-dim", "4", "--device", "cpu",
                        "--objective", "meanfield", "--adam-beta1", "0.95", "--out", tmp_path / "sweep", cwd=tmp_path)
     assert again.returncode == 0, again.stderr
