@@ -75,6 +75,7 @@ class M1M2(nn.Module):
         self.register_buffer("active", active)
         self.register_buffer("inactive_means", means.mean(0))
         self.feature_dim, self.z2_dim, self.num_classes = int(active.sum()), z2_dim, num_classes
+        self.x_dim = images[0].numel()  # values per image, as M1 models them
         self.m1_units = active_units(means, active_threshold)
         self.classifier = nn.Sequential(nn.Linear(self.feature_dim, hidden_dim), nn.Softplus(),
                                         nn.Linear(hidden_dim, num_classes))
