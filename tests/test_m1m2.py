@@ -1,5 +1,6 @@
 """M1+M2: M2 on features resampled from a fixed, trained VAE, as one model of x."""
 
+import json
 import math
 
 import pyro
@@ -171,6 +172,11 @@ def test_the_label_sweep_runs_m1m2(m1_run, tmp_path):
                              "--hidden-dim", "16", "--z-dim", "3", "--device", "cpu", "--out", str(tmp_path / "sweep")],
                             cwd=tmp_path, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
-    assert "Test error (%) of M1+M2 on mnist-sample" in (tmp_path / "sweep" / "error_table.md").read_text()
-    assert "no class-conditional samples" in result.stdout
-    assert (tmp_path / "sweep" / "error_vs_labels.png").read_bytes().startswith(b"\x89PNG")
+    table = (tmp_path / "sweep" / "error_table.md").read_text()
+    assert "Test error (%) of M1+M2 on mnist-sample" in table
+    assert "1 epochs, elbo objective, batch 500, lr 0.001, " in table  # M1+M2's default schedule
+    config = json.loads((tmp_path / "sweep" / "labels20-seed0" / "config.json").read_text())
+    assert config["model"]["args"]["labelled_weighting"] == "pass"
+    # M1+M2's images, through M1's decoder
+    for name in ("error_vs_labels", "class_conditional_samples", "analogies"):
+        assert (tmp_path / "sweep" / f"{name}.png").read_bytes().startswith(b"\x89PNG")
