@@ -138,6 +138,20 @@ def test_ssvae_label_sweep_writes_the_table_and_the_sample_figure(tmp_path):
 
 
 @pytest.mark.slow
+def test_probe_latents_prints_a_row_per_run(tmp_path):
+    torch.manual_seed(0)
+    fit(build_model("vae", hidden_dim=16, z_dim=4), load_dataset("mnist-sample", valid_size=500), out=tmp_path / "m1",
+        epochs=1, batch_size=100, device="cpu", progress=False)
+    result = run_script("probe_latents.py", tmp_path / "m1", "--labels", "20", "--device", "cpu", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    header, _, row = result.stdout.strip().splitlines()[-3:]
+    assert header == "| run | epoch | active units | 1-NN, 20 labels | 1-NN, all labels | logistic, all labels |"
+    cells = row.strip("| ").split(" | ")
+    assert cells[:2] == [str(tmp_path / "m1"), "1"] and 0 < int(cells[2]) <= 4
+    assert all(0 < float(cell.rstrip(" %")) <= 100 for cell in cells[3:])
+
+
+@pytest.mark.slow
 def test_benchmark_compares_training_with_the_hand_written_step(tmp_path):
     result = run_script("benchmark.py", "--batch-sizes", "8", "--steps", "2", "--repeats", "1", "--epoch-repeats", "1",
                         "--num-images", "2", "--num-samples", "4", "--device", "cpu", "--data-dir", tmp_path,
