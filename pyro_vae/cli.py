@@ -149,8 +149,7 @@ def _add_train_parser(subparsers) -> argparse.ArgumentParser:
                             "their own spread among the unlabelled ones, at full weight (pyro-ppl's SS-VAE example)")
     group = parser.add_argument_group("training")
     group.add_argument("--objective", choices=cfg.OBJECTIVES, default=train.objective,
-                       help="elbo: Trace_ELBO; meanfield: analytic KL at every latent where it is exact "
-                            "(TraceMeanField_ELBO's loss when model and guide draw in one order; also for M2, M1+M2); "
+                       help="elbo: Trace_ELBO; meanfield: closed-form KL wherever it is exact (M2 and M1+M2 too); "
                             "iwae: importance-weighted bound with --num-particles k")
     group.add_argument("--num-particles", type=_positive_int, default=train.num_particles,
                        help="samples of z per image in the objective (vectorized)")
