@@ -76,16 +76,16 @@ class RecordedTrace_ELBO(_KeepsTraces, Trace_ELBO):
     def differentiable_loss(self, model, guide, *args, **kwargs):
         self.traces = []
         traces = list(self._get_traces(model, guide, args, kwargs))
-        if not all(_reparameterized(guide_trace) for _, guide_trace in traces):
+        if _score_function_sites(traces):
             return _pyro_surrogate_loss(self, traces)
         elbo = sum(model_trace.log_prob_sum() - guide_trace.log_prob_sum() for model_trace, guide_trace in traces)
         return -elbo / self.num_particles
 
 
-def _reparameterized(guide_trace) -> bool:
-    """Whether no sample site of ``guide_trace`` needs a score-function term."""
-    return all(is_identically_zero(site["score_parts"].score_function)
-               for site in guide_trace.nodes.values() if site["type"] == "sample")
+def _score_function_sites(traces: list) -> list[str]:
+    """Names of the guides' sample sites that need a score-function term (not reparameterized), sorted."""
+    return sorted({name for _, guide_trace in traces for name, site in sample_sites(guide_trace)
+                   if not is_identically_zero(site["score_parts"].score_function)})
 
 
 def _pyro_surrogate_loss(elbo: Trace_ELBO, traces: list) -> torch.Tensor:
@@ -110,8 +110,7 @@ class RecordedTraceMeanField_ELBO(RecordedTrace_ELBO):
     def differentiable_loss(self, model, guide, *args, **kwargs):
         self.traces = []
         traces = list(self._get_traces(model, guide, args, kwargs))
-        not_reparameterized = sorted({name for _, guide_trace in traces for name, site in sample_sites(guide_trace)
-                                      if not is_identically_zero(site["score_parts"].score_function)})
+        not_reparameterized = _score_function_sites(traces)
         if not_reparameterized:
             raise ValueError(f"the mean-field (closed-form KL) objective needs reparameterized guide latents; "
                              f"{', '.join(not_reparameterized)} are not: use --objective elbo")
