@@ -83,7 +83,8 @@ RUN_OPTIONS = {"dataset": ("data", "dataset"), "data_dir": ("data", "data_dir"),
                "valid_size": ("data", "valid_size"), "download": ("data", "download"),
                **{name: ("train", name) for name in ("objective", "num_particles", "gradient", "beta", "kl_warmup_epochs",
                                                      "batch_size", "eval_batch_size", "lr", "lr_decay", "adam_beta1",
-                                                     "patience", "seed", "device", "fast", "capture", "compile")}}
+                                                     "weight_decay", "patience", "seed", "device", "fast", "capture",
+                                                     "compile")}}
 
 
 def _model_arg(text: str) -> tuple[str, object]:
@@ -169,6 +170,9 @@ def _add_train_parser(subparsers) -> argparse.ArgumentParser:
                        help="multiply the learning rate by this after every epoch (1: constant)")
     group.add_argument("--adam-beta1", type=float, default=train.adam_beta1,
                        help="Adam's beta1, the decay of its mean gradient, in [0, 1) (beta2 is 0.999)")
+    group.add_argument("--weight-decay", type=float, default=train.weight_decay,
+                       help="L2 penalty: this times each parameter added to its gradient (1/N: a N(0, I) prior on "
+                            "the weights for the per-image loss)")
     group.add_argument("--patience", type=_positive_int, default=train.patience,
                        help="stop early after this many epochs without a better validation score (default: never)")
     group.add_argument("--fast", action="store_true", default=train.fast,

@@ -62,7 +62,8 @@ def run_config(args: argparse.Namespace, num_labels: int, seed: int, num_train: 
                         download=not args.no_download),
         model=ModelConfig(args.model, model_args(args, num_labels, num_train)),
         train=TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, adam_beta1=args.adam_beta1,
-                          objective=args.objective, patience=args.patience, seed=seed, device=args.device),
+                          weight_decay=args.weight_decay, objective=args.objective, patience=args.patience, seed=seed,
+                          device=args.device),
     )
 
 
@@ -128,7 +129,7 @@ def markdown_table(results: dict[int, list[RunResult]], args: argparse.Namespace
     lines = [
         f"Test error (%) of {MODEL_NAMES[args.model]} on {args.dataset}: mean and 95% confidence interval over label draws "
         f"(seeds {' '.join(map(str, args.seeds))}); {args.epochs} epochs, {args.objective} objective, "
-        f"batch {args.batch_size}, lr {args.lr}, Adam beta1 {args.adam_beta1}, "
+        f"batch {args.batch_size}, lr {args.lr}, Adam beta1 {args.adam_beta1}, weight decay {args.weight_decay}, "
         f"patience {args.patience}, labelled weighting {args.labelled_weighting}, MLP hidden {args.hidden_dim}, "
         f"z {args.z_dim}; epoch chosen on validation accuracy (best epoch: its range over seeds; epochs: trained; "
         f"aux weight: per labelled image).",
@@ -169,6 +170,8 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, help=f"default by model ({defaults})")
     parser.add_argument("--lr", type=float, help="default by model")
     parser.add_argument("--adam-beta1", type=float, default=TrainConfig.adam_beta1)
+    parser.add_argument("--weight-decay", type=float, default=TrainConfig.weight_decay,
+                        help="L2 penalty on the parameters (1/N: a N(0, I) prior on the weights)")
     parser.add_argument("--objective", choices=("elbo", "meanfield"), default="elbo",
                         help="meanfield: the KL of z (M2) or z2 (M1+M2) in closed form")
     parser.add_argument("--aux-weight", type=float,

@@ -75,6 +75,21 @@ def test_fused_adam_where_the_device_has_it_and_the_default_elsewhere(caplog):
     assert "fused Adam has no kernel for parameters on meta/torch.float32; using the default Adam" in caplog.text
 
 
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_weight_decay_pulls_parameters_towards_zero_by_the_learning_rate_on_adams_first_step(fused):
+    # With no gradient from the loss, Adam's gradient is weight_decay * p: its first step is lr * sign(p).
+    parameter = torch.nn.Parameter(torch.tensor([2.0, -3.0]))
+    optimizer = make_adam([parameter], 0.1, fused=fused, weight_decay=0.5)
+    (0.0 * parameter).sum().backward()
+    optimizer.step()
+    torch.testing.assert_close(parameter.detach(), torch.tensor([1.9, -2.9]))
+    untouched = torch.nn.Parameter(torch.tensor([2.0, -3.0]))
+    optimizer = make_adam([untouched], 0.1, fused=fused)
+    (0.0 * untouched).sum().backward()
+    optimizer.step()
+    torch.testing.assert_close(untouched.detach(), torch.tensor([2.0, -3.0]))
+
 class Batches:
     """Fixed batches in the shape of EpochBatches."""
 

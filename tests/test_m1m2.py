@@ -119,6 +119,18 @@ def test_m1m2_trains_m2_alone_on_fresh_features_and_scores_log_p_x(m1_run, tmp_p
     assert summary["log_likelihood"] > summary["elbo"] and summary["accuracy"] == pytest.approx(result.test["accuracy"])
 
 
+def test_m1m2_presents_the_images_as_its_m1_saw_them(m1_run, tmp_path):
+    data = load_dataset("mnist-sample", valid_size=500)
+    grey_m1 = tmp_path / "grey-m1"
+    fit(build_model("vae", z_dim=4, hidden_dim=32, likelihood="continuous-bernoulli"), data, out=grey_m1,
+        epochs=1, batch_size=100, device="cpu", progress=False)
+    for m1, binarize in ((m1_run, "dynamic"), (grey_m1, "none")):
+        run_dir = tmp_path / f"m1m2-{binarize}"
+        fit(build_model("m1m2", m1_run=str(m1), hidden_dim=16, z2_dim=2, labels=100), data, out=run_dir,
+            epochs=1, batch_size=100, device="cpu", progress=False)
+        assert json.loads((run_dir / "config.json").read_text())["data"]["binarize"] == binarize
+
+
 def test_a_checkpoint_keeps_its_own_m1_and_refuses_a_different_active_set(m1_run):
     trained = build_model("m1m2", m1_run=str(m1_run), hidden_dim=16, z2_dim=2, active_threshold=0.0)
     with torch.no_grad():

@@ -285,9 +285,20 @@ def test_adam_beta1_reaches_the_optimizer_and_a_resume_must_keep_it(tmp_path):
         fit_config(small_config(epochs=2), tmp_path, resume=True, progress=False)
 
 
+
+def test_weight_decay_reaches_the_optimizer_and_a_resume_must_keep_it(tmp_path):
+    fit_config(small_config(epochs=1, weight_decay=2e-5), tmp_path, progress=False)
+    last = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
+    assert last["optimizer"]["param_groups"][0]["weight_decay"] == 2e-5
+    refused = r"trained with other settings \(train.weight_decay: checkpoint 2e-05, requested 0.0\)"
+    with pytest.raises(ConfigError, match=refused):
+        fit_config(small_config(epochs=2), tmp_path, resume=True, progress=False)
+
+
 @pytest.mark.parametrize("change, message", [
     ({"lr_decay": 1.5}, "--lr-decay must be in (0, 1]"),
     ({"adam_beta1": 1.0}, "--adam-beta1 must be in [0, 1"),
+    ({"weight_decay": -1e-5}, "--weight-decay must be >= 0"),
     ({"patience": 0}, "--patience must be an integer >= 1"),
 ])
 def test_schedule_settings_are_checked(tmp_path, change, message):

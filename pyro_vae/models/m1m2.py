@@ -34,7 +34,8 @@ class M1M2(nn.Module):
     (Kingma et al.'s M1+M2), and the ELBO bounds log p(x) of the whole stacked model, so the toolkit's
     estimators score it as any model of x. Units of M1 with Cov_x(E[z|x]) <= ``active_threshold`` on
     the run's validation images are dropped (Burda et al.'s criterion); they stay at their posterior mean.
-    Sample sites: ``features`` (u), ``y`` and ``z`` (the style, the paper's z2: the latent that
+    The images are presented as M1 saw them (binarized for a Bernoulli M1, grey for a continuous
+    Bernoulli one). Sample sites: ``features`` (u), ``y`` and ``z`` (the style, the paper's z2: the latent that
     :meth:`encode` returns and :meth:`decode` takes, so the toolkit's figures draw it by its usual name).
 
     Args:
@@ -76,6 +77,7 @@ class M1M2(nn.Module):
         self.register_buffer("inactive_means", means.mean(0))
         self.feature_dim, self.z2_dim, self.num_classes = int(active.sum()), z2_dim, num_classes
         self.x_dim = images[0].numel()  # values per image, as M1 models them
+        self.observes_binary_data = getattr(m1.model, "observes_binary_data", True)  # x as M1's likelihood scores it
         self.m1_units = active_units(means, active_threshold)
         self.classifier = nn.Sequential(nn.Linear(self.feature_dim, hidden_dim), nn.Softplus(),
                                         nn.Linear(hidden_dim, num_classes))

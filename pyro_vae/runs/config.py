@@ -65,6 +65,7 @@ class TrainConfig:
     lr: float = 1e-3
     lr_decay: float = 1.0  # the learning rate of epoch e is lr * lr_decay ** (e - 1)
     adam_beta1: float = 0.9  # Adam's decay of its running mean of gradients (beta2 stays 0.999)
+    weight_decay: float = 0.0  # L2 penalty on the parameters (Adam's weight_decay); 1/N: a N(0, I) prior on the weights
     patience: int | None = None  # stop after this many epochs without a better validation score
     seed: int = 0
     device: str = "auto"
@@ -170,6 +171,8 @@ class RunConfig:
             raise ConfigError(f"--lr-decay must be in (0, 1] (1: a constant learning rate), got {self.train.lr_decay}")
         if not 0 <= self.train.adam_beta1 < 1:
             raise ConfigError(f"--adam-beta1 must be in [0, 1), got {self.train.adam_beta1}")
+        if not self.train.weight_decay >= 0:
+            raise ConfigError(f"--weight-decay must be >= 0 (0: none), got {self.train.weight_decay}")
         if self.train.patience is not None:
             _at_least("--patience", self.train.patience, 1)
 

@@ -30,20 +30,21 @@ logger = logging.getLogger(__name__)
 FUSED_ADAM_DEVICES = ("cpu", "cuda")
 
 
-def make_adam(parameters: Iterable[nn.Parameter], lr: float, fused: bool, beta1: float = 0.9) -> torch.optim.Adam:
-    """Adam with betas (``beta1``, 0.999); with ``fused`` its single-kernel implementation when every
-    parameter is a floating-point tensor on a device that has it (CPU, CUDA), else the default
-    implementation, with a notice."""
+def make_adam(parameters: Iterable[nn.Parameter], lr: float, fused: bool, beta1: float = 0.9,
+              weight_decay: float = 0.0) -> torch.optim.Adam:
+    """Adam with betas (``beta1``, 0.999) and ``weight_decay`` (``weight_decay * p`` added to each gradient);
+    with ``fused`` its single-kernel implementation when every parameter is a floating-point tensor on a
+    device that has it (CPU, CUDA), else the default implementation, with a notice."""
     parameters = list(parameters)
     betas = (beta1, 0.999)
     if fused:
         unsupported = {f"{p.device.type}/{p.dtype}" for p in parameters
                        if p.device.type not in FUSED_ADAM_DEVICES or not p.is_floating_point()}
         if not unsupported:
-            return torch.optim.Adam(parameters, lr=lr, betas=betas, fused=True)
+            return torch.optim.Adam(parameters, lr=lr, betas=betas, weight_decay=weight_decay, fused=True)
         logger.warning("fused Adam has no kernel for parameters on %s; using the default Adam",
                        ", ".join(sorted(unsupported)))
-    return torch.optim.Adam(parameters, lr=lr, betas=betas)
+    return torch.optim.Adam(parameters, lr=lr, betas=betas, weight_decay=weight_decay)
 
 
 def networks_of(model: nn.Module) -> list[nn.Module]:

@@ -211,7 +211,8 @@ class Trainer:
                     and compile_networks(loss_module, next(iter(self.batches.epoch(1)))[0]))
         if compiled:
             logger.info("networks compiled with torch.compile")
-        self.optimizer = make_adam(self.model.parameters(), settings.lr, fused=settings.fast, beta1=settings.adam_beta1)
+        self.optimizer = make_adam(self.model.parameters(), settings.lr, fused=settings.fast, beta1=settings.adam_beta1,
+                                   weight_decay=settings.weight_decay)
         if options.resume:
             self._restore()
             logger.info("resuming after epoch %d (step %d)", self.state.epoch, self.state.step)
