@@ -75,7 +75,6 @@ def test_fused_adam_where_the_device_has_it_and_the_default_elsewhere(caplog):
     assert "fused Adam has no kernel for parameters on meta/torch.float32; using the default Adam" in caplog.text
 
 
-
 @pytest.mark.parametrize("fused", [True, False])
 def test_weight_decay_pulls_parameters_towards_zero_by_the_learning_rate_on_adams_first_step(fused):
     # With no gradient from the loss, Adam's gradient is weight_decay * p: its first step is lr * sign(p).
@@ -89,6 +88,7 @@ def test_weight_decay_pulls_parameters_towards_zero_by_the_learning_rate_on_adam
     (0.0 * untouched).sum().backward()
     optimizer.step()
     torch.testing.assert_close(untouched.detach(), torch.tensor([2.0, -3.0]))
+
 
 class Batches:
     """Fixed batches in the shape of EpochBatches."""

@@ -98,7 +98,8 @@ def test_ssvae_label_sweep_writes_the_table_and_the_sample_figure(tmp_path):
     result = run_script("ssvae_label_sweep.py", "--dataset", "mnist-sample", "--no-download", "--valid-size", "1000",
                         "--labels", "20", "50",
                         "--seeds", "0", "1", "--epochs", "1", "--hidden-dim", "16", "--z-dim", "4", "--device", "cpu",
-                        "--objective", "meanfield", "--adam-beta1", "0.95", "--weight-decay", "1e-4", "--out", tmp_path / "sweep", cwd=tmp_path)
+                        "--objective", "meanfield", "--adam-beta1", "0.95", "--weight-decay", "1e-4",
+                        "--out", tmp_path / "sweep", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     table = (tmp_path / "sweep" / "error_table.md").read_text()
     assert "1 epochs, meanfield objective, batch 200, lr 0.00042, Adam beta1 0.95, weight decay 0.0001, " in table
@@ -128,7 +129,8 @@ def test_ssvae_label_sweep_writes_the_table_and_the_sample_figure(tmp_path):
     again = run_script("ssvae_label_sweep.py", "--dataset", "mnist-sample", "--no-download", "--valid-size", "1000",
                        "--labels", "20", "50",
                        "--seeds", "0", "1", "--epochs", "1", "--hidden-dim", "16", "--z-dim", "4", "--device", "cpu",
-                       "--objective", "meanfield", "--adam-beta1", "0.95", "--weight-decay", "1e-4", "--out", tmp_path / "sweep", cwd=tmp_path)
+                       "--objective", "meanfield", "--adam-beta1", "0.95", "--weight-decay", "1e-4",
+                       "--out", tmp_path / "sweep", cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     assert [line for line in again.stdout.splitlines() if line.startswith("labels")] == [
         "labels20-seed0: finished, reused", "labels20-seed1: finished, reused", "labels50-seed0: finished, reused",

@@ -285,7 +285,6 @@ def test_adam_beta1_reaches_the_optimizer_and_a_resume_must_keep_it(tmp_path):
         fit_config(small_config(epochs=2), tmp_path, resume=True, progress=False)
 
 
-
 def test_weight_decay_reaches_the_optimizer_and_a_resume_must_keep_it(tmp_path):
     fit_config(small_config(epochs=1, weight_decay=2e-5), tmp_path, progress=False)
     last = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
