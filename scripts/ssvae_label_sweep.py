@@ -5,12 +5,13 @@ For each number of labels N and seed, trains ``--model ssvae`` (M2 on pixels) or
 subset of N training images (drawn with that seed), selects the epoch on validation accuracy,
 and reports the test error's mean and 95% confidence interval (Student t over seeds), the best and
 the trained epochs and the seconds per epoch next to the published figures. Resumable run by run:
-a finished run is read back, an interrupted one resumed, a missing one trained. Figures: test error
+a finished run is read back, an interrupted one resumed, a missing one trained; ``--jobs`` runs train side
+by side, each in its own process with its share of the CPU threads (on a GPU, they share it). Figures: test error
 against labels, validation error by epoch of every run, and class-conditional
 samples and analogies (a test image's style with every class) of one run.
 
     python scripts/ssvae_label_sweep.py --dataset mnist --data-dir ../shared/data --no-download \
-        --labels 100 600 1000 3000 --seeds 0 1 2 3 4 --epochs 50 --out runs/ssvae-sweep
+        --labels 100 600 1000 3000 --seeds 0 1 2 3 4 --epochs 50 --jobs 2 --out runs/ssvae-sweep
 """
 
 from __future__ import annotations
@@ -19,10 +20,14 @@ import argparse
 import json
 import logging
 import math
+import multiprocessing
 import statistics
 import sys
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+
+import torch
 
 from pyro_vae import DataConfig, ModelConfig, RunConfig, TrainConfig, fit_config, load_dataset, load_run
 from pyro_vae.data.batches import evaluation_split
@@ -61,9 +66,9 @@ def run_config(args: argparse.Namespace, num_labels: int, seed: int, num_train: 
         data=DataConfig(dataset=args.dataset, data_dir=args.data_dir, valid_size=args.valid_size,
                         download=not args.no_download),
         model=ModelConfig(args.model, model_args(args, num_labels, num_train)),
-        train=TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, adam_beta1=args.adam_beta1,
-                          weight_decay=args.weight_decay, objective=args.objective, patience=args.patience, seed=seed,
-                          device=args.device),
+        train=TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, lr_decay=args.lr_decay,
+                          adam_beta1=args.adam_beta1, weight_decay=args.weight_decay, objective=args.objective,
+                          patience=args.patience, seed=seed, device=args.device),
     )
 
 
@@ -101,17 +106,41 @@ def read_run(run_dir: Path) -> RunResult:
                      valid_errors=[(r["epoch"], 100 * (1 - r["valid"]["accuracy"])) for r in records])
 
 
-def sweep_run(args: argparse.Namespace, num_labels: int, seed: int, num_train: int) -> RunResult:
-    """One run of the sweep: a finished run is read back, an interrupted one resumed, a missing one trained."""
-    run_dir = args.out / f"labels{num_labels}-seed{seed}"
-    if (run_dir / SUMMARY_FILE).is_file():
-        print(f"{run_dir.name}: finished, reused")
+def run_dir_of(args: argparse.Namespace, num_labels: int, seed: int) -> Path:
+    return args.out / f"labels{num_labels}-seed{seed}"
+
+
+def train_run(args: argparse.Namespace, num_labels: int, seed: int, num_train: int) -> None:
+    """Train one run of the sweep to its end: resume it when interrupted, start it when missing."""
+    run_dir = run_dir_of(args, num_labels, seed)
+    interrupted = (run_dir / "checkpoints" / "last.pt").is_file()
+    print(f"{run_dir.name}: {'interrupted, resumed' if interrupted else 'training'}", flush=True)
+    fit_config(run_config(args, num_labels, seed, num_train), run_dir, resume=interrupted, overwrite=not interrupted,
+               progress=False)
+
+
+def _start_worker(threads: int) -> None:
+    torch.set_num_threads(threads)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
+
+
+def sweep(args: argparse.Namespace, num_train: int) -> dict[int, list[RunResult]]:
+    """Every run of the sweep by number of labels, in seed order: finished runs are read back, the others
+    trained first, ``args.jobs`` at a time, each process with an equal share of this process's CPU threads."""
+    runs = [(n, seed) for n in args.labels for seed in args.seeds]
+    pending = [run for run in runs if not (run_dir_of(args, *run) / SUMMARY_FILE).is_file()]
+    for run in runs:
+        if run not in pending:
+            print(f"{run_dir_of(args, *run).name}: finished, reused")
+    if args.jobs == 1 or len(pending) <= 1:
+        for n, seed in pending:
+            train_run(args, n, seed, num_train)
     else:
-        interrupted = (run_dir / "checkpoints" / "last.pt").is_file()
-        print(f"{run_dir.name}: {'interrupted, resumed' if interrupted else 'training'}", flush=True)
-        fit_config(run_config(args, num_labels, seed, num_train), run_dir, resume=interrupted, overwrite=not interrupted,
-                   progress=False)
-    return read_run(run_dir)
+        threads = max(1, torch.get_num_threads() // args.jobs)
+        with ProcessPoolExecutor(args.jobs, multiprocessing.get_context("spawn"), _start_worker, (threads,)) as pool:
+            for training in [pool.submit(train_run, args, n, seed, num_train) for n, seed in pending]:
+                training.result()  # a failed run fails the sweep, once the others have ended
+    return {n: [read_run(run_dir_of(args, n, seed)) for seed in args.seeds] for n in args.labels}
 
 
 def _span(values: list[int]) -> str:
@@ -129,8 +158,8 @@ def markdown_table(results: dict[int, list[RunResult]], args: argparse.Namespace
     lines = [
         f"Test error (%) of {MODEL_NAMES[args.model]} on {args.dataset}: mean and 95% confidence interval over label draws "
         f"(seeds {' '.join(map(str, args.seeds))}); {args.epochs} epochs, {args.objective} objective, "
-        f"batch {args.batch_size}, lr {args.lr}, Adam beta1 {args.adam_beta1}, weight decay {args.weight_decay}, "
-        f"patience {args.patience}, labelled weighting {args.labelled_weighting}, MLP hidden {args.hidden_dim}, "
+        f"batch {args.batch_size}, lr {args.lr} (x {args.lr_decay} per epoch), Adam beta1 {args.adam_beta1}, "
+        f"weight decay {args.weight_decay}, patience {args.patience}, labelled weighting {args.labelled_weighting}, MLP hidden {args.hidden_dim}, "
         f"z {args.z_dim}; epoch chosen on validation accuracy (best epoch: its range over seeds; epochs: trained; "
         f"aux weight: per labelled image).",
         "",
@@ -169,6 +198,8 @@ def main() -> int:
                          for model, settings in MODEL_DEFAULTS.items())
     parser.add_argument("--batch-size", type=int, help=f"default by model ({defaults})")
     parser.add_argument("--lr", type=float, help="default by model")
+    parser.add_argument("--lr-decay", type=float, default=TrainConfig.lr_decay,
+                        help="the learning rate of epoch e is lr * lr_decay ** (e - 1)")
     parser.add_argument("--adam-beta1", type=float, default=TrainConfig.adam_beta1)
     parser.add_argument("--weight-decay", type=float, default=TrainConfig.weight_decay,
                         help="L2 penalty on the parameters (1/N: a N(0, I) prior on the weights)")
@@ -183,8 +214,11 @@ def main() -> int:
     parser.add_argument("--hidden-dim", type=int, help="default by model")
     parser.add_argument("--z-dim", type=int, help="z of M2, z2 of M1+M2; default by model")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--jobs", type=int, default=1, help="runs to train at once, each in its own process")
     parser.add_argument("--out", type=Path, default=Path("runs/ssvae-sweep"))
     args = parser.parse_args()
+    if args.jobs < 1:
+        parser.error(f"--jobs must be at least 1, got {args.jobs}")
     if (args.model == "m1m2") != (args.m1_run is not None):
         parser.error("--m1-run RUN_DIR goes with --model m1m2, and --model m1m2 needs it")
     for name, value in MODEL_DEFAULTS[args.model].items():
@@ -194,7 +228,7 @@ def main() -> int:
 
     num_train = len(load_dataset(args.dataset, args.data_dir, valid_size=args.valid_size,
                                  download=not args.no_download).train_images)
-    results = {n: [sweep_run(args, n, seed, num_train) for seed in args.seeds] for n in args.labels}
+    results = sweep(args, num_train)
     table = markdown_table(results, args, num_train)
     (args.out / "error_table.md").write_text(table)
     print(table)

@@ -99,13 +99,17 @@ def test_ssvae_label_sweep_writes_the_table_and_the_sample_figure(tmp_path):
                         "--labels", "20", "50",
                         "--seeds", "0", "1", "--epochs", "1", "--hidden-dim", "16", "--z-dim", "4", "--device", "cpu",
                         "--objective", "meanfield", "--adam-beta1", "0.95", "--weight-decay", "1e-4",
-                        "--out", tmp_path / "sweep", cwd=tmp_path)
+                        "--lr-decay", "0.9", "--jobs", "2", "--out", tmp_path / "sweep", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
+    # four runs, two at a time in their own processes
+    assert sorted(line for line in result.stdout.splitlines() if line.startswith("labels")) == [
+        "labels20-seed0: training", "labels20-seed1: training", "labels50-seed0: training", "labels50-seed1: training"]
     table = (tmp_path / "sweep" / "error_table.md").read_text()
-    assert "1 epochs, meanfield objective, batch 200, lr 0.00042, Adam beta1 0.95, weight decay 0.0001, " in table
+    assert ("1 epochs, meanfield objective, batch 200, lr 0.00042 (x 0.9 per epoch), Adam beta1 0.95, "
+            "weight decay 0.0001, ") in table
     config = json.loads((tmp_path / "sweep" / "labels20-seed0" / "config.json").read_text())
-    assert (config["train"]["objective"], config["train"]["adam_beta1"], config["train"]["weight_decay"]) == (
-        "meanfield", 0.95, 1e-4)
+    assert (config["train"]["objective"], config["train"]["adam_beta1"], config["train"]["weight_decay"],
+            config["train"]["lr_decay"]) == ("meanfield", 0.95, 1e-4, 0.9)
     rows = [line for line in table.splitlines() if line.startswith("| 20 |") or line.startswith("| 50 |")]
     assert len(rows) == 2 and all(row.startswith(f"| {n} | 2 | ") and "± " in row and " | 1 | 1 | " in row
                                   for n, row in zip((20, 50), rows))  # 2 seeds, best epoch 1 of 1
@@ -130,7 +134,7 @@ def test_ssvae_label_sweep_writes_the_table_and_the_sample_figure(tmp_path):
                        "--labels", "20", "50",
                        "--seeds", "0", "1", "--epochs", "1", "--hidden-dim", "16", "--z-dim", "4", "--device", "cpu",
                        "--objective", "meanfield", "--adam-beta1", "0.95", "--weight-decay", "1e-4",
-                       "--out", tmp_path / "sweep", cwd=tmp_path)
+                       "--lr-decay", "0.9", "--out", tmp_path / "sweep", cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     assert [line for line in again.stdout.splitlines() if line.startswith("labels")] == [
         "labels20-seed0: finished, reused", "labels20-seed1: finished, reused", "labels50-seed0: finished, reused",
@@ -138,6 +142,12 @@ def test_ssvae_label_sweep_writes_the_table_and_the_sample_figure(tmp_path):
     assert (tmp_path / "sweep" / "labels20-seed0" / "metrics.jsonl").read_text() == metrics
     assert json.loads((tmp_path / "sweep" / "labels50-seed1" / "summary.json").read_text())["test"] == summary["test"]
     assert (tmp_path / "sweep" / "error_table.md").read_text() == table
+
+
+def test_ssvae_label_sweep_refuses_no_jobs(tmp_path):
+    result = run_script("ssvae_label_sweep.py", "--dataset", "mnist-sample", "--jobs", "0", "--out", tmp_path,
+                        cwd=tmp_path)
+    assert result.returncode == 2 and "--jobs must be at least 1, got 0" in result.stderr
 
 
 @pytest.mark.slow
