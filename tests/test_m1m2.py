@@ -186,7 +186,7 @@ def test_the_label_sweep_runs_m1m2(m1_run, tmp_path):
     assert result.returncode == 0, result.stderr
     table = (tmp_path / "sweep" / "error_table.md").read_text()
     assert "Test error (%) of M1+M2 on mnist-sample" in table
-    assert "1 epochs, elbo objective, batch 500, lr 0.001, " in table  # M1+M2's default schedule
+    assert "1 epochs, elbo objective, batch 500, lr 0.001 (x 1.0 per epoch), " in table  # M1+M2's default schedule
     config = json.loads((tmp_path / "sweep" / "labels20-seed0" / "config.json").read_text())
     assert config["model"]["args"]["labelled_weighting"] == "pass"
     # M1+M2's images, through M1's decoder
