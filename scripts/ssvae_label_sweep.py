@@ -79,7 +79,8 @@ def aux_weight(args: argparse.Namespace, num_labels: int, num_train: int) -> flo
 
 
 def model_args(args: argparse.Namespace, num_labels: int, num_train: int) -> dict:
-    shared = {"hidden_dim": args.hidden_dim, "labels": num_labels, "aux_weight": aux_weight(args, num_labels, num_train),
+    shared = {"hidden_dim": args.hidden_dim, "labels": num_labels,
+              "aux_weight": aux_weight(args, num_labels, num_train),
               "labelled_weighting": args.labelled_weighting}
     if args.model == "m1m2":
         return {"m1_run": str(args.m1_run.resolve()), "z2_dim": args.z_dim, **shared}
@@ -127,11 +128,13 @@ def _start_worker(threads: int) -> None:
 def sweep(args: argparse.Namespace, num_train: int) -> dict[int, list[RunResult]]:
     """Every run of the sweep by number of labels, in seed order: finished runs are read back, the others
     trained first, ``args.jobs`` at a time, each process with an equal share of this process's CPU threads."""
-    runs = [(n, seed) for n in args.labels for seed in args.seeds]
-    pending = [run for run in runs if not (run_dir_of(args, *run) / SUMMARY_FILE).is_file()]
-    for run in runs:
-        if run not in pending:
-            print(f"{run_dir_of(args, *run).name}: finished, reused")
+    pending = []
+    for n in args.labels:
+        for seed in args.seeds:
+            if (run_dir_of(args, n, seed) / SUMMARY_FILE).is_file():
+                print(f"{run_dir_of(args, n, seed).name}: finished, reused")
+            else:
+                pending.append((n, seed))
     if args.jobs == 1 or len(pending) <= 1:
         for n, seed in pending:
             train_run(args, n, seed, num_train)
@@ -156,12 +159,12 @@ def markdown_table(results: dict[int, list[RunResult]], args: argparse.Namespace
     published = published_for(args.dataset, args.model)
     sources = list(published)
     lines = [
-        f"Test error (%) of {MODEL_NAMES[args.model]} on {args.dataset}: mean and 95% confidence interval over label draws "
-        f"(seeds {' '.join(map(str, args.seeds))}); {args.epochs} epochs, {args.objective} objective, "
+        f"Test error (%) of {MODEL_NAMES[args.model]} on {args.dataset}: mean and 95% confidence interval over "
+        f"label draws (seeds {' '.join(map(str, args.seeds))}); {args.epochs} epochs, {args.objective} objective, "
         f"batch {args.batch_size}, lr {args.lr} (x {args.lr_decay} per epoch), Adam beta1 {args.adam_beta1}, "
-        f"weight decay {args.weight_decay}, patience {args.patience}, labelled weighting {args.labelled_weighting}, MLP hidden {args.hidden_dim}, "
-        f"z {args.z_dim}; epoch chosen on validation accuracy (best epoch: its range over seeds; epochs: trained; "
-        f"aux weight: per labelled image).",
+        f"weight decay {args.weight_decay}, patience {args.patience}, labelled weighting {args.labelled_weighting}, "
+        f"MLP hidden {args.hidden_dim}, z {args.z_dim}; epoch chosen on validation accuracy (best epoch: its range "
+        f"over seeds; epochs: trained; aux weight: per labelled image).",
         "",
         _row(["labels", "runs", "test error (ours)", "best epoch", "epochs", "s / epoch", "aux weight", *sources]),
         _row(["---"] * (7 + len(sources))),
